@@ -1,0 +1,1 @@
+"""The sbtui engine: checkpoints, record/replay, QEMU and gdb drivers. Never imports Textual."""

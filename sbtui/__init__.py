@@ -1,0 +1,2 @@
+"""sbtui: a time-travel debugger for whole virtual machines."""
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from sbtui.cli import main
+
+sys.exit(main())

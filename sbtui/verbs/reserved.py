@@ -1,0 +1,46 @@
+"""Verbs whose names are reserved for features still being built.
+
+Each one parses ``--help`` and then says plainly that it is not available yet
+and which issue brings it, instead of pretending to work. A verb leaves this
+list when its own module under ``sbtui/verbs/`` registers it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.errors import SbtuiError
+
+# verb -> (one-line help, issue that brings it)
+RESERVED = {
+    "record": ("record a guest with periodic checkpoints", 4),
+    "attach": ("attach to a live QEMU guest over QMP", 4),
+    "checkpoints": ("list a recording's checkpoints", 4),
+    "console": ("print a recording's console output", 4),
+    "markers": ("list a recording's guest markers", 4),
+    "pack": ("pack a recording into one file", 4),
+    "replay": ("replay a recording from a checkpoint", 5),
+    "verify": ("verify every interval of a recording", 5),
+    "open": ("open a recording in the app", 6),
+    "simulate": ("replay every interval in parallel with an analysis", 7),
+}
+
+
+class NotYetAvailable(SbtuiError):
+    pass
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    for verb, (text, issue) in RESERVED.items():
+        if verb in sub.choices:
+            continue
+        p = sub.add_parser(verb, help=f"{text} (not available yet)",
+                           description=f"{text}. Not available yet: issue #{issue} brings it.")
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=_unavailable(verb, issue))
+
+
+def _unavailable(verb: str, issue: int):
+    def run(args: argparse.Namespace) -> int:
+        raise NotYetAvailable(f"'sbtui {verb}' is not available yet (issue #{issue} brings it)")
+    return run
