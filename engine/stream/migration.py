@@ -1,0 +1,804 @@
+"""QEMU 10 migration stream codec: split a stream into pages + skeleton, and back.
+
+Contract (see :mod:`engine.stream.model`):
+
+* :func:`split_stream` reads a stream once, front to back, and hands out its
+  RAM page records in stream order; everything else (header, configuration,
+  section headers and footers, RAM block list, device state, commands, the
+  trailing VMDESCRIPTION JSON) goes into the *skeleton* byte for byte.
+* :func:`assemble_stream` rebuilds the stream from the skeleton and a page
+  source. The result is byte-identical to the input of :func:`split_stream`
+  when the page source hands back what ``pages()`` handed out; the skeleton
+  carries the stream's length and xxh3-64 hash, and a mismatch raises
+  :class:`~engine.errors.IntegrityError` after writing.
+* :func:`iter_ram_pages` and :func:`describe` are the same parser used for
+  analyses and diagnostics.
+
+Any input that does not parse raises :class:`~engine.errors.StreamError`
+(:class:`~engine.errors.TruncatedStreamError` when the input ends early)
+naming the byte offset and what was expected there. ``pages()`` never ends
+quietly on a bad or short stream: the exception comes out of the iteration,
+so a consumer that imports pages as they come can discard the partial import.
+
+The wire format (QEMU 10.0: migration/savevm.c, migration/ram.c):
+
+* ``QEVM`` + be32 version 3, then an optional configuration section (0x07:
+  be32 length + machine name, then subsections 0x05 for target page bits,
+  validated capabilities and UUID);
+* sections: START 0x01 / FULL 0x04 (be32 id, u8 length + idstr, be32
+  instance, be32 version), PART 0x02 / END 0x03 (be32 id), each followed by
+  its body and a footer 0x7e + be32 id; COMMAND 0x08 (be16 cmd, be16 length,
+  data); EOF 0x00, optionally followed by VMDESCRIPTION 0x06 (be32 length, JSON);
+* the ``ram`` section body is a list of be64 ``offset | flags`` records:
+  MEM_SIZE 0x04 (block list: u8 length + name, be64 used length, plus be64
+  address when ``x-ignore-shared`` is on), ZERO 0x02 (one fill byte), PAGE
+  0x08 (4096 bytes), CONTINUE 0x20 (same block as the previous record,
+  otherwise u8 length + block name follow), EOS 0x10, MULTIFD_FLUSH 0x200.
+
+Not supported, each refused with a StreamError naming flag/command and
+offset: XBZRLE pages (0x40), RDMA hooks (0x80), the removed compression
+flags, ``mapped-ram`` streams, and postcopy-RAM streams (their block list
+layout depends on host page sizes the stream does not record).
+
+Device sections are opaque: their end is found by the section footer (0x7e +
+be32 id) followed by a well-formed next section header. Streams written
+without section footers (machine types before 2.3) are therefore refused.
+
+The one truncation that cannot be told from a complete stream is a cut right
+after the EOF marker: what is lost is the optional VMDESCRIPTION JSON, which
+QEMU never needs to load a stream (``suppress-vmdesc`` streams end there).
+
+Skeleton format (version 1): ``b"SBSK"`` + be16 version, then one msgpack map
+``{"machine", "raw_bytes", "xxh3", "blocks": [[name, length]...], "records",
+"fills": [[record index, fill byte]...], "items": [...]}`` where each item is
+either raw bytes (copied verbatim) or a run ``[block index, named, first page
+number, count]``: ``count`` page records of one block at consecutive pages,
+the first carrying the block name when ``named`` (1) and CONTINUE otherwise,
+the rest CONTINUE. ZERO records are written with fill byte 0 unless ``fills``
+says otherwise.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+import msgpack
+import xxhash
+
+from engine.errors import IntegrityError, StreamError, TruncatedStreamError
+from engine.stream.model import PAGE_SIZE, PageRecord, PageSource, RamBlock
+
+QEMU_VM_FILE_MAGIC = 0x5145564D  # "QEVM"
+QEMU_VM_FILE_VERSION = 3
+QEMU_VM_FILE_VERSION_COMPAT = 2
+
+SEC_EOF = 0x00
+SEC_START = 0x01
+SEC_PART = 0x02
+SEC_END = 0x03
+SEC_FULL = 0x04
+SEC_SUBSECTION = 0x05
+SEC_VMDESCRIPTION = 0x06
+SEC_CONFIGURATION = 0x07
+SEC_COMMAND = 0x08
+SEC_FOOTER = 0x7E
+
+SECTION_NAMES = {
+    SEC_EOF: "EOF", SEC_START: "START", SEC_PART: "PART", SEC_END: "END",
+    SEC_FULL: "FULL", SEC_SUBSECTION: "SUBSECTION", SEC_VMDESCRIPTION: "VMDESCRIPTION",
+    SEC_CONFIGURATION: "CONFIGURATION", SEC_COMMAND: "COMMAND",
+}
+
+FLAG_ZERO = 0x002
+FLAG_MEM_SIZE = 0x004
+FLAG_PAGE = 0x008
+FLAG_EOS = 0x010
+FLAG_CONTINUE = 0x020
+FLAG_XBZRLE = 0x040
+FLAG_HOOK = 0x080
+FLAG_MULTIFD_FLUSH = 0x200
+_FLAGS_MASK = PAGE_SIZE - 1
+_ADDR_MASK = ~_FLAGS_MASK & 0xFFFFFFFFFFFFFFFF
+
+# MIG_CMD_* from migration/savevm.c: name and fixed data length (None: variable).
+COMMANDS: dict[int, tuple[str, int | None]] = {
+    1: ("OPEN_RETURN_PATH", 0),
+    2: ("PING", 4),
+    3: ("POSTCOPY_ADVISE", None),
+    4: ("POSTCOPY_LISTEN", 0),
+    5: ("POSTCOPY_RUN", 0),
+    6: ("POSTCOPY_RAM_DISCARD", None),
+    7: ("PACKAGED", 4),
+    8: ("ENABLE_COLO", 0),
+    9: ("POSTCOPY_RESUME", 0),
+    10: ("RECV_BITMAP", None),
+    11: ("SWITCHOVER_START", 0),
+}
+CMD_POSTCOPY_ADVISE = 3
+CMD_PACKAGED = 7
+
+SKELETON_MAGIC = b"SBSK"
+SKELETON_VERSION = 1
+_SKEL_HEADER = struct.Struct(">4sH")
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_CHUNK = 1 << 20
+# The longest thing that can follow a section footer and must be seen to
+# accept it: type, be32 id, u8 length, 255-byte idstr, be32 instance, be32 version.
+_LOOKAHEAD = 1 + 4 + 1 + 255 + 8
+
+
+@dataclass(frozen=True, slots=True)
+class SectionInfo:
+    """One top-level element of a stream, as :func:`describe` lists it."""
+
+    type: str               # START, PART, END, FULL, CONFIGURATION, COMMAND, EOF, VMDESCRIPTION
+    idstr: str              # section idstr; the machine name; the command name; "" otherwise
+    section_id: int | None
+    instance: int | None
+    version: int | None
+    offset: int             # of the type byte
+    length: int             # through the footer, when there is one
+
+
+class _Reader:
+    """A forward-only buffered reader that knows stream offsets and hashes what it reads."""
+
+    __slots__ = ("src", "buf", "pos", "mark", "base", "eof", "hasher")
+
+    def __init__(self, src: BinaryIO):
+        self.src = src
+        self.buf = b""
+        self.pos = 0
+        # Bytes from ``mark`` to ``pos`` are read but not yet handed to the
+        # skeleton; they stay in the buffer until committed (mark <= pos).
+        self.mark = 0
+        self.base = 0  # stream offset of buf[0]
+        self.eof = False
+        self.hasher = xxhash.xxh3_64()
+
+    @property
+    def offset(self) -> int:
+        return self.base + self.pos
+
+    def fill(self, n: int) -> bool:
+        """Make ``n`` bytes available from ``pos``; False when the input ends first."""
+        while len(self.buf) - self.pos < n:
+            if self.eof:
+                return False
+            chunk = self.src.read(max(_CHUNK, n))
+            if not chunk:
+                self.eof = True
+                return False
+            self.hasher.update(chunk)
+            # Drop what was consumed and committed, so memory stays bounded by
+            # one section (plus one chunk).
+            drop = self.mark
+            self.base += drop
+            self.buf = self.buf[drop:] + chunk
+            self.pos -= drop
+            self.mark = 0
+        return True
+
+    def need(self, n: int, what: str) -> None:
+        if not self.fill(n):
+            left = len(self.buf) - self.pos
+            raise TruncatedStreamError(
+                f"stream ends inside {what}: expected {n} bytes, {left} left", self.offset)
+
+    def take(self, n: int, what: str) -> bytes:
+        self.need(n, what)
+        p = self.pos
+        self.pos = p + n
+        return self.buf[p:p + n]
+
+    def u8(self, what: str) -> int:
+        self.need(1, what)
+        b = self.buf[self.pos]
+        self.pos += 1
+        return b
+
+    def u16(self, what: str) -> int:
+        self.need(2, what)
+        (v,) = _U16.unpack_from(self.buf, self.pos)
+        self.pos += 2
+        return v
+
+    def u32(self, what: str) -> int:
+        self.need(4, what)
+        (v,) = _U32.unpack_from(self.buf, self.pos)
+        self.pos += 4
+        return v
+
+    def u64(self, what: str) -> int:
+        self.need(8, what)
+        (v,) = _U64.unpack_from(self.buf, self.pos)
+        self.pos += 8
+        return v
+
+    def counted_string(self, what: str) -> bytes:
+        n = self.u8(f"length of {what}")
+        return self.take(n, what)
+
+    def at_end(self) -> bool:
+        return not self.fill(1)
+
+    def digest(self) -> str:
+        # Whatever is still unread in the source counts too: trailing garbage is
+        # refused before this is called, so this is the whole stream.
+        return self.hasher.hexdigest()
+
+
+class _Skeleton:
+    """Builds the skeleton's item list: raw bytes and page runs."""
+
+    def __init__(self):
+        self.items: list = []
+        self.raw = bytearray()
+        self.run: list | None = None  # [block index, named, first page, count], live in items
+        self.fills: list[list[int]] = []
+
+    def add_raw(self, data: bytes) -> None:
+        self.run = None
+        self.raw += data
+
+    def add_page(self, block: int, named: bool, page: int) -> None:
+        run = self.run
+        if run is not None and not named and run[0] == block and run[2] + run[3] == page:
+            run[3] += 1
+            return
+        if self.raw:
+            self.items.append(bytes(self.raw))
+            self.raw.clear()
+        self.run = [block, 1 if named else 0, page, 1]
+        self.items.append(self.run)
+
+    def finish(self) -> list:
+        if self.raw:
+            self.items.append(bytes(self.raw))
+            self.raw.clear()
+        self.run = None
+        return self.items
+
+
+def _name(raw: bytes) -> str:
+    return raw.decode("latin-1")
+
+
+class _Parser:
+    """One pass over a stream. Yields page records; fills in the rest as it goes."""
+
+    def __init__(self, src: BinaryIO, *, keep_skeleton: bool = True):
+        self.r = _Reader(src)
+        self.skel = _Skeleton() if keep_skeleton else None
+        self.machine = ""
+        self.blocks: list[RamBlock] = []
+        self.block_index: dict[bytes, int] = {}
+        self.sections: dict[int, str] = {}   # section id -> idstr, from START/FULL
+        self.infos: list[SectionInfo] = []
+        self.ignore_shared = False
+        self.records = 0
+        self.last_block = -1                 # block of the previous page record (CONTINUE)
+        self.done = False
+
+    # -- helpers ----------------------------------------------------------
+
+    def _commit(self) -> None:
+        """Hand the bytes read since the last commit to the skeleton verbatim."""
+        r = self.r
+        if self.skel is not None and r.pos > r.mark:
+            self.skel.add_raw(r.buf[r.mark:r.pos])
+        r.mark = r.pos
+
+    def _info(self, type_: int, idstr: str, sid, inst, ver, offset: int) -> None:
+        self.infos.append(SectionInfo(SECTION_NAMES[type_], idstr, sid, inst, ver,
+                                      offset, self.r.offset - offset))
+
+    # -- top level --------------------------------------------------------
+
+    def parse(self) -> Iterator[PageRecord]:
+        r = self.r
+        r.need(8, "the stream header (QEVM + version)")
+        magic = r.u32("magic")
+        if magic != QEMU_VM_FILE_MAGIC:
+            raise StreamError(f"not a QEMU migration stream: magic {magic:#010x}, "
+                              f"expected {QEMU_VM_FILE_MAGIC:#010x} ('QEVM')", 0)
+        version = r.u32("stream version")
+        if version != QEMU_VM_FILE_VERSION:
+            old = " (the obsolete v2 format)" if version == QEMU_VM_FILE_VERSION_COMPAT else ""
+            raise StreamError(f"unsupported stream version {version}{old}, "
+                              f"expected {QEMU_VM_FILE_VERSION}", 4)
+        self._commit()
+        first = True
+        while True:
+            offset = r.offset
+            t = r.u8("a section type byte (every stream ends with EOF 0x00)")
+            if t == SEC_CONFIGURATION:
+                if not first:
+                    raise StreamError("configuration section (0x07) after other sections; "
+                                      "it must directly follow the header", offset)
+                self._configuration(offset)
+            elif t in (SEC_START, SEC_FULL):
+                yield from self._section_start_full(t, offset)
+            elif t in (SEC_PART, SEC_END):
+                yield from self._section_part_end(t, offset)
+            elif t == SEC_COMMAND:
+                self._command(offset)
+            elif t == SEC_EOF:
+                self._commit()
+                self._info(t, "", None, None, None, offset)
+                self._trailer()
+                self.done = True
+                return
+            else:
+                known = ", ".join(f"{k:#04x} {v}" for k, v in SECTION_NAMES.items()
+                                  if k not in (SEC_SUBSECTION, SEC_VMDESCRIPTION))
+                raise StreamError(f"unknown section type {t:#04x}; expected one of {known}", offset)
+            first = False
+
+    def _trailer(self) -> None:
+        r = self.r
+        if r.at_end():
+            return
+        offset = r.offset
+        t = r.u8("the section type after EOF")
+        if t != SEC_VMDESCRIPTION:
+            raise StreamError(f"unexpected byte {t:#04x} after the EOF section; expected "
+                              f"VMDESCRIPTION (0x06) or the end of the stream", offset)
+        n = r.u32("VMDESCRIPTION length")
+        # JSON up to 4 GiB would be absurd; QEMU's is tens of KB.
+        if n > 64 << 20:
+            raise StreamError(f"VMDESCRIPTION length {n} is implausible (over 64 MiB)", offset + 1)
+        r.take(n, "the VMDESCRIPTION JSON")
+        self._commit()
+        self._info(t, "", None, None, None, offset)
+        if not r.at_end():
+            raise StreamError(f"{len(r.buf) - r.pos}+ bytes of trailing data after the "
+                              "VMDESCRIPTION; expected the end of the stream", r.offset)
+
+    def _configuration(self, offset: int) -> None:
+        r = self.r
+        n = r.u32("configuration: machine name length")
+        if n > 255:
+            raise StreamError(f"configuration: machine name length {n} is implausible", offset + 1)
+        self.machine = _name(r.take(n, "configuration: machine name"))
+        while True:
+            if not r.fill(1):
+                raise TruncatedStreamError("stream ends after the configuration section", r.offset)
+            if r.buf[r.pos] != SEC_SUBSECTION:
+                break
+            sub_off = r.offset
+            r.pos += 1
+            name = _name(r.counted_string("configuration subsection name"))
+            r.u32(f"version of configuration subsection {name!r}")
+            if name == "configuration/target-page-bits":
+                bits = r.u32("target page bits")
+                if bits != 12:
+                    raise StreamError(f"target page bits {bits}: only 4 KiB target pages (12) "
+                                      "are supported", r.offset - 4)
+            elif name == "configuration/capabilities":
+                count = r.u32("capability count")
+                for _ in range(count):
+                    cap_off = r.offset
+                    cap = _name(r.counted_string("capability name"))
+                    if cap == "x-ignore-shared":
+                        self.ignore_shared = True
+                    elif cap == "mapped-ram":
+                        raise StreamError("the stream was written with the mapped-ram capability; "
+                                          "mapped-ram streams are not supported", cap_off)
+            elif name == "configuration/uuid":
+                r.take(16, "configuration UUID")
+            else:
+                raise StreamError(f"unknown configuration subsection {name!r}", sub_off)
+        self._commit()
+        self._info(SEC_CONFIGURATION, self.machine, None, None, None, offset)
+
+    def _command(self, offset: int) -> None:
+        r = self.r
+        cmd = r.u16("command number")
+        length = r.u16("command length")
+        if cmd not in COMMANDS:
+            raise StreamError(f"unknown command {cmd} (MIG_CMD_*; expected 1..{max(COMMANDS)})",
+                              offset + 1)
+        name, fixed = COMMANDS[cmd]
+        if fixed is not None and length != fixed:
+            raise StreamError(f"command {name} with length {length}, expected {fixed}", offset + 3)
+        data = r.take(length, f"data of command {name}")
+        if cmd == CMD_POSTCOPY_ADVISE and length:
+            raise StreamError("postcopy-RAM stream (POSTCOPY_ADVISE command): not supported; "
+                              "its RAM block list depends on host page sizes", offset)
+        if cmd == CMD_PACKAGED:
+            (n,) = _U32.unpack(data)
+            r.take(n, "the packaged stream of a PACKAGED command")
+        self._commit()
+        self._info(SEC_COMMAND, name, None, None, None, offset)
+
+    def _section_start_full(self, t: int, offset: int) -> Iterator[PageRecord]:
+        r = self.r
+        kind = SECTION_NAMES[t]
+        sid = r.u32(f"{kind} section id")
+        idstr = _name(r.counted_string(f"idstr of {kind} section {sid}"))
+        instance = r.u32(f"instance of section {sid} ({idstr!r})")
+        version = r.u32(f"version of section {sid} ({idstr!r})")
+        self.sections[sid] = idstr
+        if idstr == "ram" and t == SEC_START:
+            self._commit()
+            yield from self._ram_records(sid, is_start=True)
+            self._footer(sid, idstr)
+            self._commit()
+        else:
+            if idstr == "ram":
+                raise StreamError("a FULL section for 'ram': RAM is always an iterative section", offset)
+            self._opaque_body(sid, idstr)
+            self._commit()
+        self._info(t, idstr, sid, instance, version, offset)
+
+    def _section_part_end(self, t: int, offset: int) -> Iterator[PageRecord]:
+        r = self.r
+        kind = SECTION_NAMES[t]
+        sid = r.u32(f"{kind} section id")
+        idstr = self.sections.get(sid)
+        if idstr is None:
+            raise StreamError(f"{kind} section for section id {sid}, which no START section opened",
+                              offset + 1)
+        if idstr == "ram":
+            self._commit()
+            yield from self._ram_records(sid, is_start=False)
+            self._footer(sid, idstr)
+            self._commit()
+        else:
+            self._opaque_body(sid, idstr)
+            self._commit()
+        self._info(t, idstr, sid, None, None, offset)
+
+    def _footer(self, sid: int, idstr: str) -> None:
+        r = self.r
+        off = r.offset
+        mark = r.u8(f"the footer of section {sid} ({idstr!r})")
+        if mark != SEC_FOOTER:
+            raise StreamError(f"expected the section footer 0x7e of section {sid} ({idstr!r}), "
+                              f"found {mark:#04x}", off)
+        got = r.u32(f"the footer of section {sid} ({idstr!r})")
+        if got != sid:
+            raise StreamError(f"footer names section {got}, expected {sid} ({idstr!r})", off + 1)
+
+    # -- opaque sections --------------------------------------------------
+
+    def _opaque_body(self, sid: int, idstr: str) -> None:
+        """Skip a section body we do not parse, through its footer."""
+        r = self.r
+        marker = bytes([SEC_FOOTER]) + _U32.pack(sid)
+        body_offset = r.offset
+        search = 0
+        while True:
+            base_pos = r.pos
+            idx = r.buf.find(marker, base_pos + search)
+            if idx < 0:
+                search = max(0, len(r.buf) - base_pos - len(marker) + 1)
+                if not r.fill(len(r.buf) - r.pos + 1):
+                    raise TruncatedStreamError(
+                        f"stream ends inside section {sid} ({idstr!r}), which started at offset "
+                        f"{body_offset}: no section footer (0x7e + id {sid}) found", r.offset + len(r.buf) - r.pos)
+                continue
+            rel = idx - r.pos
+            nxt = rel + len(marker)
+            r.fill(nxt + _LOOKAHEAD)  # False near the end of input; _plausible_next copes
+            if self._plausible_next(r.pos + nxt):
+                r.pos += nxt
+                return
+            search = rel + 1
+
+    def _plausible_next(self, p: int) -> bool:
+        """Is a well-formed element at buffer position ``p`` (after a candidate footer)?"""
+        buf = self.r.buf
+        avail = len(buf) - p
+        if avail < 1:
+            return False
+        t = buf[p]
+        if t == SEC_EOF:
+            if avail == 1:
+                return self.r.eof
+            return buf[p + 1] == SEC_VMDESCRIPTION and avail >= 7 and buf[p + 6] == 0x7B  # '{'
+        if t in (SEC_START, SEC_FULL):
+            if avail < 6:
+                return False
+            n = buf[p + 5]
+            if n == 0 or avail < 6 + n + 8:
+                return False
+            return all(0x20 <= c < 0x7F for c in buf[p + 6:p + 6 + n])
+        if t in (SEC_PART, SEC_END):
+            if avail < 5:
+                return False
+            return _U32.unpack_from(buf, p + 1)[0] in self.sections
+        if t == SEC_COMMAND:
+            if avail < 5:
+                return False
+            cmd, length = struct.unpack_from(">HH", buf, p + 1)
+            if cmd not in COMMANDS:
+                return False
+            fixed = COMMANDS[cmd][1]
+            return fixed is None or fixed == length
+        return False
+
+    # -- RAM --------------------------------------------------------------
+
+    def _mem_size(self, total: int, rec_off: int) -> None:
+        r = self.r
+        if self.blocks:
+            raise StreamError("a second MEM_SIZE record; the RAM block list comes once", rec_off)
+        remaining = total
+        while remaining > 0:
+            boff = r.offset
+            name = r.counted_string("RAM block name in the MEM_SIZE list")
+            length = r.u64(f"used length of RAM block {_name(name)!r}")
+            if self.ignore_shared:
+                r.u64(f"address of RAM block {_name(name)!r}")
+            if length > remaining:
+                raise StreamError(f"RAM block {_name(name)!r} of {length} bytes overruns the "
+                                  f"MEM_SIZE total {total} ({remaining} left)", boff)
+            if name in self.block_index:
+                raise StreamError(f"RAM block {_name(name)!r} listed twice", boff)
+            self.block_index[name] = len(self.blocks)
+            self.blocks.append(RamBlock(_name(name), length))
+            remaining -= length
+
+    def _ram_records(self, sid: int, is_start: bool) -> Iterator[PageRecord]:
+        r = self.r
+        skel = self.skel
+        blocks = self.blocks
+        block_index = self.block_index
+        unpack_u64 = _U64.unpack_from
+        need = r.need
+        while True:
+            # Fast path: one whole record (header, name, page) is in the buffer.
+            if not r.fill(8 + 256 + PAGE_SIZE):
+                need(8, "a RAM record header")
+            buf = r.buf
+            p = r.pos
+            rec_off = r.base + p
+            (hdr,) = unpack_u64(buf, p)
+            p += 8
+            flags = hdr & _FLAGS_MASK
+            kind = flags & ~FLAG_CONTINUE
+            if kind == FLAG_PAGE or kind == FLAG_ZERO:
+                if flags & FLAG_CONTINUE:
+                    bi = self.last_block
+                    named = False
+                    if bi < 0:
+                        raise StreamError("page record with CONTINUE (0x20) but no earlier "
+                                          "record named a RAM block", rec_off)
+                else:
+                    r.pos = p
+                    name = r.counted_string("the RAM block name of a page record")
+                    buf = r.buf
+                    p = r.pos
+                    bi = block_index.get(name, -1)
+                    if bi < 0:
+                        known = ", ".join(b.name for b in blocks) or "none (no MEM_SIZE list yet)"
+                        raise StreamError(f"page record names RAM block {_name(name)!r}, which the "
+                                          f"MEM_SIZE list does not have (blocks: {known})", rec_off)
+                    named = True
+                    self.last_block = bi
+                addr = hdr & _ADDR_MASK
+                block = blocks[bi]
+                if addr >= block.length:
+                    raise StreamError(f"page at offset {addr:#x} is beyond RAM block "
+                                      f"{block.name!r} ({block.length:#x} bytes)", rec_off)
+                if kind == FLAG_PAGE:
+                    if len(buf) - p < PAGE_SIZE:
+                        r.pos = p
+                        need(PAGE_SIZE, f"the 4096-byte PAGE record at {block.name}+{addr:#x}")
+                        buf = r.buf
+                        p = r.pos
+                    data = buf[p:p + PAGE_SIZE]
+                    p += PAGE_SIZE
+                else:
+                    if len(buf) - p < 1:
+                        r.pos = p
+                        need(1, f"the fill byte of the ZERO record at {block.name}+{addr:#x}")
+                        buf = r.buf
+                        p = r.pos
+                    fill = buf[p]
+                    p += 1
+                    data = None
+                    if fill and skel is not None:
+                        skel.fills.append([self.records, fill])
+                # The record's bytes are not skeleton material: skip them.
+                r.pos = r.mark = p
+                if skel is not None:
+                    skel.add_page(bi, named, addr >> 12)
+                rec = PageRecord(self.records, block.name, addr, data)
+                self.records += 1
+                yield rec
+                continue
+            r.pos = p
+            if kind == FLAG_EOS:
+                self._commit()
+                return
+            if kind == FLAG_MEM_SIZE:
+                if not is_start:
+                    raise StreamError("MEM_SIZE record outside the ram START section", rec_off)
+                self._mem_size(hdr & _ADDR_MASK, rec_off)
+            elif kind == FLAG_MULTIFD_FLUSH:
+                pass
+            elif kind == FLAG_XBZRLE:
+                raise StreamError("XBZRLE-compressed page (RAM flag 0x40): not supported; "
+                                  "migrate without the xbzrle capability", rec_off)
+            elif kind == FLAG_HOOK:
+                raise StreamError("RDMA hook record (RAM flag 0x80): RDMA streams are not supported",
+                                  rec_off)
+            else:
+                raise StreamError(f"unknown RAM record flags {flags:#05x} in section {sid} "
+                                  "(known: ZERO 0x02, MEM_SIZE 0x04, PAGE 0x08, EOS 0x10, "
+                                  "CONTINUE 0x20, MULTIFD_FLUSH 0x200)", rec_off)
+            self._commit()
+
+
+class _Split:
+    """The :class:`engine.stream.model.SplitStream` that :func:`split_stream` returns."""
+
+    def __init__(self, src: BinaryIO):
+        self._parser = _Parser(src)
+        self._started = False
+        self._skeleton: bytes | None = None
+        self.machine = ""
+        self.blocks: list[RamBlock] = []
+        self.raw_bytes = 0
+
+    @property
+    def skeleton(self) -> bytes:
+        if self._skeleton is None:
+            raise StreamError("the skeleton is complete only after pages() has been exhausted")
+        return self._skeleton
+
+    def pages(self) -> Iterator[PageRecord]:
+        if self._started:
+            raise StreamError("pages() of a split stream can be iterated only once")
+        self._started = True
+        return self._run()
+
+    def _run(self) -> Iterator[PageRecord]:
+        p = self._parser
+        yield from p.parse()
+        assert p.done and p.skel is not None
+        self.machine = p.machine
+        self.blocks = list(p.blocks)
+        self.raw_bytes = p.r.offset
+        body = {
+            "machine": p.machine,
+            "raw_bytes": self.raw_bytes,
+            "xxh3": p.r.digest(),
+            "blocks": [[b.name, b.length] for b in p.blocks],
+            "records": p.records,
+            "fills": p.skel.fills,
+            "items": p.skel.finish(),
+        }
+        self._skeleton = _SKEL_HEADER.pack(SKELETON_MAGIC, SKELETON_VERSION) + msgpack.packb(
+            body, use_bin_type=True)
+
+
+def split_stream(src: BinaryIO) -> _Split:
+    """Split a migration stream into page records and a skeleton (one streaming pass).
+
+    Iterate ``pages()`` to drive the parse; ``skeleton``, ``blocks``,
+    ``machine`` and ``raw_bytes`` are filled in when it is exhausted.
+    """
+    return _Split(src)
+
+
+def _load_skeleton(skeleton: bytes) -> dict:
+    if len(skeleton) < _SKEL_HEADER.size:
+        raise StreamError(f"skeleton of {len(skeleton)} bytes is too short for its header")
+    magic, version = _SKEL_HEADER.unpack_from(skeleton)
+    if magic != SKELETON_MAGIC:
+        raise StreamError(f"not a stream skeleton: magic {magic!r}, expected {SKELETON_MAGIC!r}")
+    if version != SKELETON_VERSION:
+        raise StreamError(f"skeleton format version {version} is not supported "
+                          f"(this build reads version {SKELETON_VERSION})")
+    try:
+        body = msgpack.unpackb(skeleton[_SKEL_HEADER.size:], raw=False, strict_map_key=False)
+        for key in ("raw_bytes", "xxh3", "blocks", "records", "fills", "items"):
+            body[key]
+    except Exception as err:
+        raise StreamError(f"skeleton body does not decode: {err}") from err
+    return body
+
+
+def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO) -> int:
+    """Write the stream described by ``skeleton`` to ``dst``; returns the bytes written.
+
+    ``page_source(index, block, offset)`` is called once per page record in
+    stream order and returns the 4096-byte payload (a PAGE record) or None (a
+    ZERO record). Raises :class:`IntegrityError` when the result's length or
+    hash differs from the original stream's (after writing it).
+    """
+    body = _load_skeleton(skeleton)
+    blocks = [(str(name), int(length)) for name, length in body["blocks"]]
+    fills = {int(i): int(f) for i, f in body["fills"]}
+    hasher = xxhash.xxh3_64()
+    out = bytearray()
+    total = 0
+    index = 0
+    pack_u64 = _U64.pack
+    page_hdr = FLAG_PAGE
+    zero_hdr = FLAG_ZERO
+
+    def flush() -> None:
+        nonlocal total
+        if out:
+            dst.write(out)
+            hasher.update(out)
+            total += len(out)
+            out.clear()
+
+    for item in body["items"]:
+        if isinstance(item, bytes):
+            out += item
+        else:
+            try:
+                bi, named, page, count = item
+                name, _length = blocks[bi]
+            except (ValueError, TypeError, IndexError) as err:
+                raise StreamError(f"skeleton run {item!r} is malformed") from err
+            name_bytes = name.encode("latin-1")
+            counted = bytes([len(name_bytes)]) + name_bytes
+            addr = page << 12
+            for k in range(count):
+                data = page_source(index, name, addr)
+                if k == 0 and named:
+                    cont = 0
+                    suffix = counted
+                else:
+                    cont = FLAG_CONTINUE
+                    suffix = b""
+                if data is None:
+                    out += pack_u64(addr | zero_hdr | cont)
+                    out += suffix
+                    out.append(fills.get(index, 0))
+                else:
+                    if len(data) != PAGE_SIZE:
+                        raise StreamError(f"page source returned {len(data)} bytes for page record "
+                                          f"{index} ({name}+{addr:#x}); expected {PAGE_SIZE} or None")
+                    out += pack_u64(addr | page_hdr | cont)
+                    out += suffix
+                    out += data
+                index += 1
+                addr += PAGE_SIZE
+        if len(out) >= _CHUNK:
+            flush()
+    flush()
+    if index != body["records"]:
+        raise StreamError(f"skeleton holds {index} page records, its header says {body['records']}")
+    if total != body["raw_bytes"] or hasher.hexdigest() != body["xxh3"]:
+        raise IntegrityError(
+            f"reassembled stream differs from the original: {total} bytes with xxh3 "
+            f"{hasher.hexdigest()}, expected {body['raw_bytes']} bytes with xxh3 {body['xxh3']} "
+            "(the page source returned pages that were not the original ones)")
+    return total
+
+
+def iter_ram_pages(src: BinaryIO) -> Iterator[tuple[str, int, bytes | None]]:
+    """``(block, offset, data or None)`` for every page record, in stream order."""
+    parser = _Parser(src, keep_skeleton=False)
+    for rec in parser.parse():
+        yield rec.block, rec.offset, rec.data
+
+
+def describe(src: BinaryIO) -> list[SectionInfo]:
+    """Every top-level element of a stream, in order, with offsets and lengths."""
+    parser = _Parser(src, keep_skeleton=False)
+    for _ in parser.parse():
+        pass
+    return parser.infos
+
+
+def stream_blocks(src: BinaryIO) -> tuple[str, list[RamBlock]]:
+    """The machine name and RAM block list, reading only as far as the block list."""
+    parser = _Parser(src, keep_skeleton=False)
+    for _ in parser.parse():
+        break
+    return parser.machine, list(parser.blocks)
