@@ -21,6 +21,9 @@ and, where known, what to do about it::
      |    +-- QmpError             a QMP command failed
      |    +-- QemuTimeoutError     it did not reach an expected state in time
      +-- GdbError              a gdb process (timeout, exit, MI error)
+     |    +-- GdbTimeoutError      an MI command got no answer in time
+     |    +-- GdbExitedError       gdb exited (exit code, output tail)
+     |    +-- GdbCommandError      gdb answered ^error (its message)
      +-- RecordingError        a recording directory or file is unusable
      +-- ReplayError           a replay did not do what the recording says
 """
@@ -126,6 +129,41 @@ class QemuTimeoutError(QemuError):
 
 class GdbError(SbtuiError):
     """gdb timed out, exited, or answered an MI command with an error."""
+
+
+class GdbTimeoutError(GdbError):
+    """An MI command got no answer in time. Names the command and the wait."""
+
+    def __init__(self, message: str, *, command: str | None = None,
+                 waited: float | None = None):
+        self.command = command
+        self.waited = waited
+        super().__init__(message)
+
+
+class GdbExitedError(GdbError):
+    """gdb exited (or was killed) while in use. Carries exit code and output tail."""
+
+    def __init__(self, message: str, *, exit_code: int | None = None,
+                 output_tail: str | None = None):
+        self.exit_code = exit_code
+        self.output_tail = output_tail
+        text = message
+        if exit_code is not None:
+            text += f" (exit code {exit_code})"
+        if output_tail:
+            text += "\n--- gdb output (last lines) ---\n" + output_tail.rstrip()
+        super().__init__(text)
+
+
+class GdbCommandError(GdbError):
+    """gdb answered an MI command with ``^error``. Carries the command and gdb's message."""
+
+    def __init__(self, message: str, *, command: str | None = None,
+                 gdb_message: str | None = None):
+        self.command = command
+        self.gdb_message = gdb_message
+        super().__init__(message)
 
 
 class RecordingError(SbtuiError):
