@@ -34,6 +34,7 @@ import dataclasses
 import json
 import os
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -73,6 +74,7 @@ class CheckpointEntry:
     wall_time: float            # host seconds since the recording started
     guest_time_ns: int          # guest virtual clock (QEMU_CLOCK_VIRTUAL)
     downtime_ms: float          # how long the guest was paused to take it
+    console_offset: int = 0     # bytes of console.out written before this state
     origin: str = "record"      # record | rebuilt (replay-mode snapshot) | live
     proof: str = "unproven"     # unproven | verified | failed
     detail: str = ""            # why a proof failed, or how it was rebuilt
@@ -157,6 +159,9 @@ class Recording:
         self.path = path
         self.manifest = manifest
         self._store = None
+        # One importer at a time through this Recording's store object: the
+        # recorder's ingestion and a checkpoint rebuild may run at once.
+        self.store_lock = threading.Lock()
 
     # -- creating and opening --------------------------------------------
 
