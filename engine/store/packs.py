@@ -1,0 +1,347 @@
+"""Pack files: append-only, self-describing containers of page records.
+
+A pack is ``packs/NNNNNNNN.pack``::
+
+    header   16 bytes   b"SBTUIPAK", u32 format version, u32 pack id
+    record   36 bytes   b"SBpg", u8 codec, 3 zero bytes, 16-byte xxh3-128 of the
+                        page, u32 page length, u32 stored length,
+                        u32 xxh32 of the 32 header bytes before it
+             N bytes    the stored payload (N = stored length)
+    record ...
+
+Codec 0 stores the page as is, codec 1 as an lz4 *block* (``lz4.block``,
+no size prefix). Pages are compressed one by one so any page reads alone;
+the block format is used rather than lz4 frames because a frame repeats what
+the record header already holds (magic, sizes, a checksum) and costs about 15
+bytes and a little time per 4 KiB page. A page that does not shrink is stored
+raw, so a record is never longer than the page plus its header.
+
+Every record carries its own hash and lengths, and its header its own
+checksum, so the index can be rebuilt from the packs alone and a scanner tells
+a torn tail (an interrupted append) from a damaged record. Readers verify the
+page's xxh3 on every read and raise :class:`IntegrityError` naming the pack and
+offset. Packs only grow; the writer that owns the store lock truncates a tail
+that no index segment has committed (see ``store.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import lz4.block
+import xxhash
+
+from engine.errors import FormatVersionError, IntegrityError, StoreError
+
+PACK_MAGIC = b"SBTUIPAK"
+PACK_VERSION = 1
+PACK_HEADER = struct.Struct("<8sII")
+REC_MAGIC = b"SBpg"
+REC_HEADER = struct.Struct("<4sBxxx16sIII")
+REC_FIXED = struct.Struct("<4sBxxx16sII")  # the part the header checksum covers
+REC_CHECKED = REC_FIXED.size
+CODEC_RAW = 0
+CODEC_LZ4 = 1
+MAX_PAGE = 1 << 20  # no sane page is larger; bounds what a hostile header can make us allocate
+
+_xxh32 = xxhash.xxh32_intdigest
+_xxh3_128 = xxhash.xxh3_128_digest
+_compress = lz4.block.compress
+_decompress = lz4.block.decompress
+_pack_fixed = REC_FIXED.pack
+
+
+def pack_name(pack_id: int) -> str:
+    return f"{pack_id:08d}.pack"
+
+
+def parse_pack_name(name: str) -> int | None:
+    stem, dot, ext = name.partition(".")
+    if ext != "pack" or len(stem) != 8 or not stem.isdigit():
+        return None
+    return int(stem)
+
+
+def encode_record(digest: bytes, page: bytes) -> bytes:
+    """One record (header + payload) for ``page`` whose xxh3-128 is ``digest``."""
+    packed = _compress(page, store_size=False)
+    if len(packed) < len(page):
+        codec, payload = CODEC_LZ4, packed
+    else:
+        codec, payload = CODEC_RAW, page
+    head = _pack_fixed(REC_MAGIC, codec, digest, len(page), len(payload))
+    return head + _xxh32(head).to_bytes(4, "little") + payload
+
+
+@dataclass(slots=True)
+class RecordHeader:
+    codec: int
+    digest: bytes
+    page_len: int
+    stored_len: int
+
+    @property
+    def length(self) -> int:
+        return REC_HEADER.size + self.stored_len
+
+
+def parse_record_header(buf: bytes | memoryview) -> RecordHeader | None:
+    """The header at the start of ``buf``, or None if it is not a valid header."""
+    if len(buf) < REC_HEADER.size:
+        return None
+    magic, codec, digest, page_len, stored_len, check = REC_HEADER.unpack_from(buf)
+    if magic != REC_MAGIC or _xxh32(bytes(buf[:REC_CHECKED])) != check:
+        return None
+    if codec not in (CODEC_RAW, CODEC_LZ4) or page_len > MAX_PAGE or stored_len > MAX_PAGE + 64:
+        return None
+    if codec == CODEC_RAW and stored_len != page_len:
+        return None
+    return RecordHeader(codec, bytes(digest), page_len, stored_len)
+
+
+def decode_payload(head: RecordHeader, payload: bytes | memoryview) -> bytes:
+    """The page bytes of a record; raises ValueError on bad compressed data."""
+    if head.codec == CODEC_RAW:
+        return bytes(payload)
+    return _decompress(payload, uncompressed_size=head.page_len)
+
+
+def write_pack_header(fd: int, pack_id: int) -> None:
+    os.write(fd, PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, pack_id))
+
+
+def check_pack_header(buf: bytes, path: Path, pack_id: int) -> None:
+    if len(buf) < PACK_HEADER.size:
+        raise IntegrityError("pack header is truncated", pack=path.name, offset=0)
+    magic, version, stored_id = PACK_HEADER.unpack_from(buf)
+    if magic != PACK_MAGIC:
+        raise IntegrityError(f"not a pack file (magic {magic!r}, expected {PACK_MAGIC!r})",
+                             pack=path.name, offset=0)
+    if version != PACK_VERSION:
+        raise FormatVersionError(
+            f"{path}: pack format version {version}, this sbtui reads version {PACK_VERSION}")
+    if stored_id != pack_id:
+        raise IntegrityError(f"pack header names pack {stored_id}, file name says {pack_id}",
+                             pack=path.name, offset=8)
+
+
+class PackReader:
+    """Reads and verifies records; keeps one open descriptor per pack.
+
+    An open descriptor keeps reading a pack that gc has since unlinked, so a
+    reader with a slightly old view of the index still gets its pages.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._fds: dict[int, int] = {}
+
+    def _fd(self, pack_id: int) -> int:
+        fd = self._fds.get(pack_id)
+        if fd is None:
+            path = self.directory / pack_name(pack_id)
+            fd = os.open(path, os.O_RDONLY)  # FileNotFoundError is handled by the caller
+            try:
+                check_pack_header(os.pread(fd, PACK_HEADER.size, 0), path, pack_id)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fds[pack_id] = fd
+        return fd
+
+    def forget(self, pack_id: int | None = None) -> None:
+        ids = list(self._fds) if pack_id is None else [pack_id]
+        for pid in ids:
+            fd = self._fds.pop(pid, None)
+            if fd is not None:
+                os.close(fd)
+
+    def close(self) -> None:
+        self.forget()
+
+    def read(self, pack_id: int, offset: int, length: int, digest: bytes,
+             checkpoint: str | None = None) -> bytes:
+        """The page stored at ``(pack_id, offset)``, verified against ``digest``."""
+        name = pack_name(pack_id)
+        buf = os.pread(self._fd(pack_id), length, offset)
+
+        def bad(why: str) -> IntegrityError:
+            return IntegrityError(why, checkpoint=checkpoint, pack=name, offset=offset)
+
+        if len(buf) != length:
+            raise bad(f"record is cut short: {len(buf)} of {length} bytes present")
+        head = parse_record_header(buf)
+        if head is None:
+            raise bad("record header is damaged (bad magic, checksum or lengths)")
+        if head.length != length:
+            raise bad(f"record is {head.length} bytes, the index says {length}")
+        if head.digest != digest:
+            raise bad(f"record holds page {head.digest.hex()}, expected {digest.hex()}")
+        try:
+            page = decode_payload(head, memoryview(buf)[REC_HEADER.size:])
+        except (ValueError, lz4.block.LZ4BlockError) as err:
+            raise bad(f"compressed page does not decompress: {err}") from None
+        if len(page) != head.page_len or _xxh3_128(page) != digest:
+            raise bad(f"page content does not match its hash {digest.hex()}")
+        return page
+
+
+@dataclass(slots=True)
+class ScannedRecord:
+    offset: int
+    length: int
+    digest: bytes
+    error: str | None  # None when the payload decodes and matches its hash
+
+
+@dataclass(slots=True)
+class PackScan:
+    records: list[ScannedRecord]
+    valid_end: int   # end of the last record with a sound header
+    size: int        # file size
+
+
+def scan_pack(path: Path, pack_id: int, *, verify: bool = True,
+              limit: int | None = None) -> PackScan:
+    """Walk every record of a pack from its header on (fsck, index rebuild).
+
+    Stops at the first unreadable header: everything from there on is a torn
+    tail (or damage, which the caller judges against the committed length).
+    ``limit`` stops the walk at that offset (the committed length).
+    """
+    records: list[ScannedRecord] = []
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        check_pack_header(f.read(PACK_HEADER.size), path, pack_id)
+        pos = PACK_HEADER.size
+        end = size if limit is None else min(size, limit)
+        while pos < end:
+            f.seek(pos)
+            head = parse_record_header(f.read(REC_HEADER.size))
+            if head is None or pos + head.length > end:
+                break
+            error = None
+            if verify:
+                payload = f.read(head.stored_len)
+                try:
+                    page = decode_payload(head, payload)
+                    if len(page) != head.page_len or _xxh3_128(page) != head.digest:
+                        error = f"page content does not match its hash {head.digest.hex()}"
+                except (ValueError, lz4.block.LZ4BlockError) as err:
+                    error = f"compressed page does not decompress: {err}"
+            records.append(ScannedRecord(pos, head.length, head.digest, error))
+            pos += head.length
+    return PackScan(records, pos, size)
+
+
+class PackWriter:
+    """Appends records for one import (or gc) under the store lock.
+
+    Records are buffered and written in large chunks; a pack rolls over once
+    it reaches ``target_size``. ``commit()`` fsyncs every pack touched and
+    returns their lengths, which the index segment then records as
+    committed. ``abort()`` truncates every pack back to where this writer
+    found it and deletes packs it created, leaving the bytes as they were.
+    """
+
+    FLUSH_AT = 4 << 20
+
+    def __init__(self, directory: Path, *, next_id: int, tail: tuple[int, int] | None,
+                 target_size: int):
+        self.directory = directory
+        self.target_size = target_size
+        self._next_id = next_id
+        self._resume = tail   # (pack id, committed length) of a pack that may take more records
+        self._fd: int | None = None
+        self._pack_id = -1
+        self._pos = 0
+        self._buf = bytearray()
+        self._touched: dict[int, int] = {}   # pack id -> length before this writer (0: created)
+        self._created: list[int] = []
+        self._lengths: dict[int, int] = {}
+        self.bytes_written = 0
+
+    def _open_next(self) -> None:
+        self._close_current()
+        if self._resume is not None and self._resume[1] < self.target_size:
+            pack_id, length = self._resume
+            self._resume = None
+            fd = os.open(self.directory / pack_name(pack_id), os.O_WRONLY)
+            size = os.fstat(fd).st_size
+            if size != length:
+                os.close(fd)
+                raise StoreError(f"{pack_name(pack_id)} is {size} bytes, committed length is "
+                                 f"{length}: the store was not repaired before writing")
+            os.lseek(fd, length, os.SEEK_SET)
+            self._touched[pack_id] = length
+            self._fd, self._pack_id, self._pos = fd, pack_id, length
+            return
+        self._resume = None
+        pack_id = self._next_id
+        self._next_id += 1
+        path = self.directory / pack_name(pack_id)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._created.append(pack_id)
+        self._touched[pack_id] = 0
+        write_pack_header(fd, pack_id)
+        self._fd, self._pack_id, self._pos = fd, pack_id, PACK_HEADER.size
+        self.bytes_written += PACK_HEADER.size
+
+    def append(self, record: bytes) -> tuple[int, int, int]:
+        """Queue ``record``; returns where it lands: (pack id, offset, length)."""
+        if self._fd is None or self._pos >= self.target_size:
+            self._open_next()
+        where = (self._pack_id, self._pos, len(record))
+        self._buf += record
+        self._pos += len(record)
+        self.bytes_written += len(record)
+        if len(self._buf) >= self.FLUSH_AT:
+            self._flush()
+        return where
+
+    def _flush(self) -> None:
+        if self._buf and self._fd is not None:
+            view = memoryview(self._buf)
+            while view:
+                view = view[os.write(self._fd, view):]
+            view.release()
+            self._buf.clear()
+
+    def _close_current(self) -> None:
+        if self._fd is not None:
+            self._flush()
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._lengths[self._pack_id] = self._pos
+            self._fd = None
+
+    def commit(self) -> dict[int, int]:
+        """Make every appended record durable; returns {pack id: length}."""
+        self._close_current()
+        return dict(self._lengths)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._buf.clear()
+        for pack_id, length in self._touched.items():
+            path = self.directory / pack_name(pack_id)
+            if pack_id in self._created:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            else:
+                os.truncate(path, length)
+
+
+def iter_pack_ids(directory: Path) -> Iterator[int]:
+    for name in os.listdir(directory):
+        pid = parse_pack_name(name)
+        if pid is not None:
+            yield pid
