@@ -29,11 +29,13 @@ own tiny one (:class:`Qemu`); it is for tests only.
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -90,12 +92,17 @@ class VmSpec:
     append: str | None = None
     blob: Path | None = None
     extra: Sequence[str] = ()
+    serial: bool = False  # a serial port exists (device state must match on load)
 
-    def argv(self) -> list[str]:
+    def argv(self, serial_file: Path | None = None) -> list[str]:
+        if serial_file is not None:
+            serial = f"file:{serial_file}"
+        else:
+            serial = "null" if self.serial else "none"
         argv = [
             QEMU, "-nodefaults", "-display", "none", "-net", "none",
             "-accel", "tcg", "-machine", self.machine, "-m", str(self.memory_mib),
-            "-smp", "1", "-serial", "none", "-parallel", "none",
+            "-smp", "1", "-serial", serial, "-parallel", "none",
         ]
         if self.kernel is not None:
             argv += ["-kernel", str(self.kernel)]
@@ -265,11 +272,15 @@ def make_savevm_qcow2(tmp: Path, *, machine: str = "q35", memory_mib: int = 64,
                       kernel: Path | None = None, initrd: Path | None = None,
                       append: str | None = None, blob_mib: int = 4, seed: int = 0,
                       snapshots: int = 1, interval_s: float = 0.0, run: bool = False,
+                      ready: str | None = None, ready_timeout: float = 120.0,
                       name: str = "savevm", extra: Sequence[str] = ()) -> SavevmImage:
     """Boot a VM, take ``snapshots`` internal snapshots with HMP ``savevm``, quit.
 
     The VM is paused for each ``savevm`` and left running in between when
-    ``run`` (or a kernel) is given, for ``interval_s`` seconds.
+    ``run`` (or a kernel) is given, for ``interval_s`` seconds. With
+    ``ready``, the serial console goes to ``<name>.serial`` and the first
+    snapshot waits until that text appears there (e.g. the demo guest's
+    ``sbtui-guest: ready`` line).
     """
     tmp.mkdir(parents=True, exist_ok=True)
     image = tmp / f"{name}.qcow2"
@@ -279,11 +290,16 @@ def make_savevm_qcow2(tmp: Path, *, machine: str = "q35", memory_mib: int = 64,
         blob = tmp / f"{name}.blob"
         blob_data = make_blob(blob, blob_mib, seed)
     spec = VmSpec(machine=machine, memory_mib=memory_mib, kernel=kernel, initrd=initrd,
-                  append=append, blob=blob, extra=tuple(extra))
+                  append=append, blob=blob, extra=tuple(extra), serial=bool(ready))
     running = run or kernel is not None
-    argv = spec.argv() + vmstate_node_args(image) + ([] if running else ["-S"])
+    serial = tmp / f"{name}.serial" if ready else None
+    argv = spec.argv(serial) + vmstate_node_args(image) + ([] if running else ["-S"])
     result = SavevmImage(image=image, names=[], spec=spec, blob_data=blob_data)
     with Qemu(argv, tmp, name) as vm:
+        if ready and serial is not None:
+            marker = ready.encode()
+            vm.wait_for(lambda: serial.exists() and marker in serial.read_bytes(),
+                        f"{ready!r} on the serial console", timeout=ready_timeout, interval=0.1)
         for i in range(snapshots):
             if running:
                 # Let the guest run between checkpoints, as the recorder does.
@@ -354,13 +370,17 @@ def make_migrate_file(tmp: Path, *, machine: str = "q35", memory_mib: int = 64,
 @contextmanager
 def incoming_vm(tmp: Path, spec: VmSpec, stream: Path, name: str = "incoming",
                 timeout: float = 300.0) -> Iterator[Qemu]:
-    """A QEMU that loaded ``stream`` (``-incoming defer``, ``migrate-incoming file:``), paused."""
-    argv = spec.argv() + ["-incoming", "defer"]
+    """A QEMU that loaded ``stream`` (``-incoming defer``, ``migrate-incoming file:``), paused.
+
+    ``-S`` keeps it paused after the load even when the stream was taken of a
+    running guest, so what it loaded can be inspected before it runs on.
+    """
+    argv = spec.argv() + ["-S", "-incoming", "defer"]
     with Qemu(argv, tmp, name) as vm:
         vm.cmd("migrate-incoming", uri=f"file:{stream}")
         vm.wait_migration(timeout=timeout)
         status = vm.cmd("query-status")["status"]
-        if status not in ("paused", "postmigrate", "prelaunch", "inmigrate", "finish-migrate"):
+        if status not in ("paused", "postmigrate", "prelaunch"):
             raise vm.fail(f"loaded VM is {status}, expected it paused")
         yield vm
 
@@ -388,3 +408,177 @@ def live_qemu_pids() -> set[int]:
         if ppid == me and b"qemu-system" in cmd:
             pids.add(int(entry.name))
     return pids
+
+
+# -- a per-process cache, so a test session makes each stream once ----------
+
+_cache_root: Path | None = None
+_cache: dict = {}
+
+
+def cache_root() -> Path:
+    """A temporary directory for cached streams, removed when the process exits."""
+    global _cache_root
+    if _cache_root is None:
+        _cache_root = Path(tempfile.mkdtemp(prefix="sbtui-streams-"))
+        atexit.register(shutil.rmtree, _cache_root, True)
+    return _cache_root
+
+
+def _cached(kind: str, make, **kwargs):
+    key = (kind, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())))
+    if key not in _cache:
+        sub = cache_root() / f"{kind}-{len(_cache)}"
+        _cache[key] = make(sub, **kwargs)
+    return _cache[key]
+
+
+def cached_savevm(**kwargs) -> SavevmImage:
+    """:func:`make_savevm_qcow2` once per distinct arguments per process."""
+    return _cached("savevm", make_savevm_qcow2, **kwargs)
+
+
+def cached_migrate(**kwargs) -> MigrateFile:
+    """:func:`make_migrate_file` once per distinct arguments per process."""
+    return _cached("migrate", make_migrate_file, **kwargs)
+
+
+# -- synthetic streams, byte by byte, for unit tests -------------------------
+
+class StreamBuilder:
+    """Writes a migration stream the way QEMU 10 lays it out, record by record.
+
+    ``expected`` collects ``(block, offset, data or None)`` for every page
+    record written, in order, to compare against what the codec hands out.
+    Nothing here checks that the result makes sense: tests build broken
+    streams with it too.
+    """
+
+    def __init__(self, blocks: Sequence[tuple[str, int]] = (("pc.ram", 64 * 4096), ("pc.bios", 4 * 4096))):
+        self.blocks = list(blocks)
+        self.out = bytearray()
+        self.expected: list[tuple[str, int, bytes | None]] = []
+        self._last_block: str | None = None
+
+    def raw(self, data: bytes) -> "StreamBuilder":
+        self.out += data
+        return self
+
+    def u8(self, v: int) -> "StreamBuilder":
+        return self.raw(bytes([v]))
+
+    def u16(self, v: int) -> "StreamBuilder":
+        return self.raw(v.to_bytes(2, "big"))
+
+    def u32(self, v: int) -> "StreamBuilder":
+        return self.raw(v.to_bytes(4, "big"))
+
+    def u64(self, v: int) -> "StreamBuilder":
+        return self.raw(v.to_bytes(8, "big"))
+
+    def counted(self, s: str | bytes) -> "StreamBuilder":
+        b = s.encode() if isinstance(s, str) else s
+        return self.u8(len(b)).raw(b)
+
+    def header(self, magic: int = 0x5145564D, version: int = 3) -> "StreamBuilder":
+        return self.u32(magic).u32(version)
+
+    def configuration(self, machine: str = "pc-q35-10.0", *, page_bits: int | None = None,
+                      capabilities: Sequence[str] = (), uuid: bytes | None = None) -> "StreamBuilder":
+        self.u8(0x07).u32(len(machine)).raw(machine.encode())
+        if page_bits is not None:
+            self.u8(0x05).counted("configuration/target-page-bits").u32(1).u32(page_bits)
+        if capabilities:
+            self.u8(0x05).counted("configuration/capabilities").u32(1).u32(len(capabilities))
+            for cap in capabilities:
+                self.counted(cap)
+        if uuid is not None:
+            self.u8(0x05).counted("configuration/uuid").u32(1).raw(uuid)
+        return self
+
+    def section_start(self, kind: int, sid: int, idstr: str, instance: int = 0,
+                      version: int = 4) -> "StreamBuilder":
+        return self.u8(kind).u32(sid).counted(idstr).u32(instance).u32(version)
+
+    def footer(self, sid: int) -> "StreamBuilder":
+        return self.u8(0x7E).u32(sid)
+
+    def mem_size(self, *, addresses: bool = False) -> "StreamBuilder":
+        self.u64(sum(n for _, n in self.blocks) | 0x04)
+        for name, length in self.blocks:
+            self.counted(name).u64(length)
+            if addresses:
+                self.u64(0)
+        return self
+
+    def eos(self) -> "StreamBuilder":
+        return self.u64(0x10)
+
+    def ram_start(self, sid: int = 1, *, addresses: bool = False) -> "StreamBuilder":
+        return self.section_start(0x01, sid, "ram").mem_size(addresses=addresses).eos().footer(sid)
+
+    def page(self, block: str, offset: int, data: bytes | None = None, *, fill: int = 0,
+             named: bool | None = None, expect: bool = True) -> "StreamBuilder":
+        """One ZERO (``data`` None) or PAGE record; ``named`` None: as QEMU does it."""
+        if named is None:
+            named = block != self._last_block
+        flags = (0x02 if data is None else 0x08) | (0 if named else 0x20)
+        self.u64(offset | flags)
+        if named:
+            self.counted(block)
+        self._last_block = block
+        if data is None:
+            self.u8(fill)
+        else:
+            assert len(data) == 4096
+            self.raw(data)
+        if expect:
+            self.expected.append((block, offset, data))
+        return self
+
+    def ram_part(self, sid: int = 1, pages: Sequence[tuple] = (), *, end: bool = False,
+                 flush: bool = False) -> "StreamBuilder":
+        """A PART (or END) ram section of ``pages``: ``(block, offset, data[, fill[, named]])``."""
+        self.u8(0x03 if end else 0x02).u32(sid)
+        for p in pages:
+            block, offset, data, *rest = p
+            fill = rest[0] if rest else 0
+            named = rest[1] if len(rest) > 1 else None
+            self.page(block, offset, data, fill=fill, named=named)
+        if flush:
+            self.u64(0x200)
+        return self.eos().footer(sid)
+
+    def device(self, sid: int, idstr: str, body: bytes, *, instance: int = 0,
+               version: int = 1) -> "StreamBuilder":
+        return self.section_start(0x04, sid, idstr, instance, version).raw(body).footer(sid)
+
+    def command(self, cmd: int, data: bytes = b"") -> "StreamBuilder":
+        return self.u8(0x08).u16(cmd).u16(len(data)).raw(data)
+
+    def eof(self, vmdesc: bytes | None = b'{"page_size": 4096, "devices": []}') -> "StreamBuilder":
+        self.u8(0x00)
+        if vmdesc is not None:
+            self.u8(0x06).u32(len(vmdesc)).raw(vmdesc)
+        return self
+
+    def build(self) -> bytes:
+        return bytes(self.out)
+
+
+def standard_stream(seed: int = 0, *, vmdesc: bool = True) -> StreamBuilder:
+    """A small, typical stream: config, ram START/PART/END, a command, devices, EOF, JSON."""
+    rng = random.Random(seed)
+    b = StreamBuilder()
+    b.header().configuration()
+    b.ram_start(1)
+    pages = [("pc.ram", i * 4096, rng.randbytes(4096) if i % 3 else None) for i in range(40)]
+    b.ram_part(1, pages[:25])
+    b.ram_part(1, pages[25:] + [("pc.bios", 0, rng.randbytes(4096)), ("pc.bios", 4096, None)])
+    b.command(11)
+    b.ram_part(1, [("pc.ram", 45 * 4096, rng.randbytes(4096))], end=True)
+    b.device(0, "timer", rng.randbytes(40))
+    b.device(3, "cpu", rng.randbytes(300).replace(b"\x7e", b"\x7f"), version=12)
+    b.device(7, "0000:00:00.0/mch", bytes(100))
+    b.eof(b'{"page_size": 4096, "devices": []}' if vmdesc else None)
+    return b

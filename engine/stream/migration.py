@@ -469,60 +469,94 @@ class _Parser:
     # -- opaque sections --------------------------------------------------
 
     def _opaque_body(self, sid: int, idstr: str) -> None:
-        """Skip a section body we do not parse, through its footer."""
+        """Skip a section body we do not parse, through its footer.
+
+        The end is the first footer (0x7e + be32 id) that a well-formed element
+        follows. When the input ends first, the error says why the last
+        footer-like bytes were not taken for the footer.
+        """
         r = self.r
         marker = bytes([SEC_FOOTER]) + _U32.pack(sid)
         body_offset = r.offset
         search = 0
+        rejected: tuple[int, bool, str] | None = None  # (offset, input ran out, why)
         while True:
-            base_pos = r.pos
-            idx = r.buf.find(marker, base_pos + search)
+            idx = r.buf.find(marker, r.pos + search)
             if idx < 0:
-                search = max(0, len(r.buf) - base_pos - len(marker) + 1)
-                if not r.fill(len(r.buf) - r.pos + 1):
-                    raise TruncatedStreamError(
-                        f"stream ends inside section {sid} ({idstr!r}), which started at offset "
-                        f"{body_offset}: no section footer (0x7e + id {sid}) found", r.offset + len(r.buf) - r.pos)
-                continue
+                search = max(0, len(r.buf) - r.pos - len(marker) + 1)
+                if r.fill(len(r.buf) - r.pos + 1):
+                    continue
+                end = r.offset + len(r.buf) - r.pos
+                if rejected is not None and not rejected[1]:
+                    raise StreamError(
+                        f"section {sid} ({idstr!r}) from offset {body_offset}: the footer at "
+                        f"offset {rejected[0]} is followed by {rejected[2]}", rejected[0] + 5)
+                raise TruncatedStreamError(
+                    f"stream ends inside section {sid} ({idstr!r}), which started at offset "
+                    f"{body_offset}: no section footer (0x7e + id {sid}) followed by a "
+                    "well-formed element", end)
             rel = idx - r.pos
             nxt = rel + len(marker)
-            r.fill(nxt + _LOOKAHEAD)  # False near the end of input; _plausible_next copes
-            if self._plausible_next(r.pos + nxt):
+            r.fill(nxt + _LOOKAHEAD)  # False near the end of input; _next_element copes
+            why, short = self._next_element(r.pos + nxt)
+            if why is None:
                 r.pos += nxt
                 return
+            rejected = (r.offset + rel, short, why)
             search = rel + 1
 
-    def _plausible_next(self, p: int) -> bool:
-        """Is a well-formed element at buffer position ``p`` (after a candidate footer)?"""
+    def _next_element(self, p: int) -> tuple[str | None, bool]:
+        """Does a well-formed element start at buffer position ``p`` (after a candidate footer)?
+
+        Returns ``(None, _)`` when it does, else ``(why not, whether the input ran out)``.
+        """
         buf = self.r.buf
         avail = len(buf) - p
         if avail < 1:
-            return False
+            return "the end of the stream (it must end with EOF 0x00)", True
         t = buf[p]
         if t == SEC_EOF:
             if avail == 1:
-                return self.r.eof
-            return buf[p + 1] == SEC_VMDESCRIPTION and avail >= 7 and buf[p + 6] == 0x7B  # '{'
+                return None, False
+            if buf[p + 1] != SEC_VMDESCRIPTION:
+                return (f"EOF and then byte {buf[p + 1]:#04x}: unexpected byte after the EOF "
+                        "section; expected VMDESCRIPTION (0x06) or the end of the stream"), False
+            if avail < 7:
+                return "a VMDESCRIPTION cut short", True
+            if buf[p + 6] != 0x7B:  # '{'
+                return "a VMDESCRIPTION that does not start with '{'", False
+            return None, False
         if t in (SEC_START, SEC_FULL):
+            kind = SECTION_NAMES[t]
             if avail < 6:
-                return False
+                return f"a {kind} section header cut short", True
             n = buf[p + 5]
-            if n == 0 or avail < 6 + n + 8:
-                return False
-            return all(0x20 <= c < 0x7F for c in buf[p + 6:p + 6 + n])
+            if n == 0:
+                return f"a {kind} section header with an empty idstr", False
+            if avail < 6 + n + 8:
+                return f"a {kind} section header cut short", True
+            if not all(0x20 <= c < 0x7F for c in buf[p + 6:p + 6 + n]):
+                return f"a {kind} section header whose idstr is not printable", False
+            return None, False
         if t in (SEC_PART, SEC_END):
+            kind = SECTION_NAMES[t]
             if avail < 5:
-                return False
-            return _U32.unpack_from(buf, p + 1)[0] in self.sections
+                return f"a {kind} section header cut short", True
+            other = _U32.unpack_from(buf, p + 1)[0]
+            if other not in self.sections:
+                return f"a {kind} section for section id {other}, which no START opened", False
+            return None, False
         if t == SEC_COMMAND:
             if avail < 5:
-                return False
+                return "a COMMAND cut short", True
             cmd, length = struct.unpack_from(">HH", buf, p + 1)
             if cmd not in COMMANDS:
-                return False
+                return f"unknown command {cmd}", False
             fixed = COMMANDS[cmd][1]
-            return fixed is None or fixed == length
-        return False
+            if fixed is not None and fixed != length:
+                return f"command {COMMANDS[cmd][0]} with length {length}, expected {fixed}", False
+            return None, False
+        return f"byte {t:#04x}, which starts no section (unknown section type)", False
 
     # -- RAM --------------------------------------------------------------
 

@@ -75,7 +75,8 @@ class Qcow2Snapshot:
 
     id: str
     name: str
-    date: datetime              # wall-clock time the snapshot was taken (UTC)
+    date_sec: int               # wall-clock time the snapshot was taken: seconds since the Epoch
+    date_nsec: int              # ... and nanoseconds
     vm_clock_ns: int            # guest run time at the snapshot
     vm_state_size: int          # bytes of VM state (0: disk-only snapshot)
     disk_size: int | None       # virtual disk size at the snapshot (extra data), if recorded
@@ -84,6 +85,12 @@ class Qcow2Snapshot:
     l1_size: int
     extra_data: bytes           # the raw extra data, for fields this reader does not know
     table_offset: int           # where the entry starts in the image file
+
+    @property
+    def date(self) -> datetime:
+        """The snapshot time as an aware UTC datetime (microsecond resolution)."""
+        return datetime.fromtimestamp(self.date_sec, tz=timezone.utc).replace(
+            microsecond=min(self.date_nsec // 1000, 999_999))
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +283,7 @@ class Qcow2Image:
             out.append(Qcow2Snapshot(
                 id=var[extra_len:extra_len + id_len].decode("utf-8", "replace"),
                 name=var[extra_len + id_len:].decode("utf-8", "replace"),
-                date=datetime.fromtimestamp(date_s + date_ns / 1e9, tz=timezone.utc),
+                date_sec=date_s, date_nsec=date_ns,
                 vm_clock_ns=vm_clock, vm_state_size=vm_state_size, disk_size=disk_size,
                 icount=icount, l1_table_offset=l1_off, l1_size=l1_size,
                 extra_data=bytes(extra), table_offset=pos))
