@@ -53,7 +53,7 @@ DEBUGCON = "debugcon.out"
 GUEST_DIR = "guest"
 STORE_DIR = "store"
 
-# QEMU writes the replay log's version word only when it exits (replay.c,
+# QEMU writes the replay log's version word (big-endian) only when it exits (replay.c,
 # replay_finish); until then the first 4 bytes are zero and a replay refuses
 # the file. A replay of a recording still in progress uses a copy with it set.
 REPLAY_LOG_VERSION = 0xE0200C
@@ -326,16 +326,16 @@ class Recording:
             raise RecordingError(f"{self.log_path}: the replay log is missing")
         with open(self.log_path, "rb") as f:
             head = f.read(4)
-        if len(head) == 4 and int.from_bytes(head, "little") == REPLAY_LOG_VERSION:
+        if len(head) == 4 and int.from_bytes(head, "big") == REPLAY_LOG_VERSION:
             return self.log_path
         if len(head) == 4 and head != b"\0\0\0\0":
             raise RecordingError(f"{self.log_path}: not a QEMU replay log of the supported version "
-                                 f"(version word {int.from_bytes(head, 'little'):#x}, "
+                                 f"(version word {int.from_bytes(head, 'big'):#x}, "
                                  f"expected {REPLAY_LOG_VERSION:#x})")
         copy = Path(workdir) / REPLAY_LOG
         shutil.copyfile(self.log_path, copy)
         with open(copy, "r+b") as f:
-            f.write(REPLAY_LOG_VERSION.to_bytes(4, "little"))
+            f.write(REPLAY_LOG_VERSION.to_bytes(4, "big"))
         return copy
 
     def check_qemu(self, version: tuple[int, int, int]) -> None:

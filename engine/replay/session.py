@@ -1,0 +1,285 @@
+"""A deterministic replay of a recording, started from one of its checkpoints.
+
+:class:`ReplaySession` is the one owner of a replay QEMU::
+
+    async with ReplaySession(rec, rec.checkpoint(3)) as rs:
+        await rs.run_to(icount)          # exact: QMP replay-break
+        stream = await rs.snapshot()     # the state here, as a migration stream
+        await rs.run_to_end()            # until the log ends and QEMU exits
+
+Promises:
+
+* On entry the VM is paused at exactly the checkpoint's instruction count
+  (checked with ``query-replay``; a mismatch is a :class:`ReplayError`). The
+  state is streamed out of the page store through a pipe handed to QEMU with
+  SCM_RIGHTS (``migrate-incoming fd:``): no temporary stream file, no shell.
+  ``restore_s`` says how long that took.
+* The machine is the recorded one, with ``rr=replay``: same command line apart
+  from ``rr=`` and the per-run plumbing (``-incoming defer``, ``-S``, a fresh
+  VM-state image for snapshots, an optional gdb stub).
+* A replay that stops advancing (the icount is stuck while the VM runs, as
+  with a restored HPET, see qemu-facts.md) raises :class:`ReplayError` after
+  ``stall_s`` seconds instead of hanging; so does a QEMU that dies.
+* Leaving the ``async with`` (normally, on error or on cancellation) shuts
+  QEMU down and removes the session's work directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from engine.errors import QemuError, QemuTimeoutError, ReplayError, SbtuiError
+from engine.qemu import QemuProcess, find_qemu, find_qemu_img, qemu_version
+from engine.recording.format import CheckpointEntry, Recording
+from engine.stream.qcow2 import open_vmstate
+
+# How long a replay may go without its instruction count moving before it is
+# declared stalled. Idle stretches replay instantly (the clock warps come from
+# the log), so a real replay never sits still this long.
+DEFAULT_STALL_S = 20.0
+POLL_S = 0.25
+
+Progress = Callable[[str], None]
+
+
+def make_vmstate_image(path: Path) -> Path:
+    """A small qcow2 that holds the VM state of replay-mode snapshots (facts: an orphan node)."""
+    out = subprocess.run([find_qemu_img(), "create", "-q", "-f", "qcow2", str(path), "1M"],
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise QemuError(f"qemu-img create {path} failed: {out.stderr.strip()}",
+                        exit_code=out.returncode)
+    return path
+
+
+class ReplaySession:
+    """One replay QEMU, restored from one checkpoint of a recording."""
+
+    def __init__(self, rec: Recording, checkpoint: CheckpointEntry, *,
+                 gdb: str | None = None, workdir: str | Path | None = None,
+                 stall_s: float = DEFAULT_STALL_S, progress: Progress | None = None,
+                 restore_timeout: float = 120.0):
+        self.rec = rec
+        self.checkpoint = checkpoint
+        self.gdb = gdb
+        self.stall_s = stall_s
+        self.restore_timeout = restore_timeout
+        self._progress = progress or (lambda _msg: None)
+        self._workdir_arg = Path(workdir) if workdir else None
+        self.workdir: Path | None = None
+        self.vm: QemuProcess | None = None
+        self.restore_s: float | None = None
+        self._snapshots = 0
+
+    # -- lifetime ---------------------------------------------------------
+
+    async def __aenter__(self) -> "ReplaySession":
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        binary = find_qemu()
+        self.rec.check_qemu(qemu_version(binary))
+        if self._workdir_arg is not None:
+            self.workdir = self._workdir_arg
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix="sbtui-replay-"))
+        log = await asyncio.to_thread(self.rec.replay_log, self.workdir)
+        vmstate = await asyncio.to_thread(make_vmstate_image, self.workdir / "vmstate.qcow2")
+        spec = self.rec.machine_spec().with_rr("replay").replace(
+            rrfile=str(log), vmstate_image=str(vmstate), incoming_defer=True, paused=True,
+            debugcon_path=str(self.workdir / "debugcon.out"), gdb=self.gdb)
+        self.vm = QemuProcess(spec, workdir=self.workdir / "qemu",
+                              console_path=self.workdir / "console.out", qemu_binary=binary)
+        t0 = time.monotonic()
+        self._progress(f"starting replay QEMU for checkpoint {self.checkpoint.index}")
+        await self.vm.launch()
+        self._progress(f"restoring checkpoint {self.checkpoint.index} "
+                       f"(icount {self.checkpoint.icount}) from the store")
+        await self._load_checkpoint()
+        self.restore_s = time.monotonic() - t0
+        here = await self.icount()
+        if here != self.checkpoint.icount:
+            raise ReplayError(f"checkpoint {self.checkpoint.index} restored at icount {here}, "
+                              f"but the recording says {self.checkpoint.icount}")
+
+    async def _load_checkpoint(self) -> None:
+        assert self.vm is not None
+        store = self.rec.store
+        rfd, wfd = os.pipe()
+        try:
+            await self.vm.send_fd(rfd, "checkpoint")
+        finally:
+            os.close(rfd)
+        failure: list[BaseException] = []
+
+        def export() -> None:
+            # Runs in a thread: the pipe fills faster than QEMU reads it.
+            try:
+                with os.fdopen(wfd, "wb", buffering=1 << 20) as dst:
+                    store.export_stream(self.checkpoint.store_id, dst)
+            except BrokenPipeError:
+                pass  # QEMU gave up reading: its own error says why
+            except BaseException as err:  # noqa: BLE001 - reported below
+                failure.append(err)
+
+        with self.vm.listen("MIGRATION") as events:
+            await self.vm.qmp("migrate-incoming", {"uri": "fd:checkpoint"})
+            writer = threading.Thread(target=export, name="sbtui-export", daemon=True)
+            writer.start()
+            deadline = time.monotonic() + self.restore_timeout
+            status = ""
+            while status not in ("completed", "failed"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ReplayError(f"restoring checkpoint {self.checkpoint.index} did not finish "
+                                      f"within {self.restore_timeout:g} s")
+                try:
+                    ev = await events.get(timeout=min(left, 1.0))
+                    status = ev.get("data", {}).get("status", "")
+                except QemuTimeoutError:
+                    info = await self.vm.qmp("query-migrate")
+                    status = info.get("status", status)
+            await asyncio.to_thread(writer.join, 30)
+        if failure:
+            raise failure[0]
+        if status != "completed":
+            info = await self.vm.qmp("query-migrate")
+            raise ReplayError(f"QEMU refused checkpoint {self.checkpoint.index} "
+                              f"({self.checkpoint.store_id}): {info.get('error-desc', status)}\n"
+                              f"--- QEMU log ---\n{self.vm.log_tail()}")
+
+    async def close(self) -> None:
+        vm, self.vm = self.vm, None
+        try:
+            if vm is not None:
+                await vm.shutdown(timeout=5.0)
+        finally:
+            if self.workdir is not None and self._workdir_arg is None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- where the replay stands -----------------------------------------
+
+    def _vm(self) -> QemuProcess:
+        if self.vm is None:
+            raise ReplayError("the replay is not running")
+        return self.vm
+
+    async def icount(self) -> int:
+        info = await self._vm().qmp("query-replay", timeout=10)
+        return int(info["icount"])
+
+    async def running(self) -> bool:
+        info = await self._vm().qmp("query-status", timeout=10)
+        return bool(info.get("running"))
+
+    def console_bytes(self) -> bytes:
+        """What the guest wrote to its serial console since the restore."""
+        vm = self._vm()
+        return vm.console.output if vm.console is not None else b""
+
+    # -- moving forward ---------------------------------------------------
+
+    async def run_to(self, icount: int, *, timeout: float | None = None) -> int:
+        """Run forward until exactly ``icount``; returns it. Pauses there."""
+        vm = self._vm()
+        here = await self.icount()
+        if icount < here:
+            raise ReplayError(f"cannot run backwards from icount {here} to {icount}: "
+                              "restore an earlier checkpoint")
+        if icount == here:
+            return here
+        await vm.qmp("replay-break", {"icount": icount})
+        try:
+            with vm.listen("STOP", "SHUTDOWN") as events:
+                await vm.qmp("cont")
+                await self._wait_stop(events, target=icount, timeout=timeout)
+        finally:
+            if vm.alive:
+                with contextlib.suppress(SbtuiError):
+                    await vm.qmp("replay-delete-break")
+        here = await self.icount()
+        if here != icount:
+            raise ReplayError(f"replay stopped at icount {here}, not at the requested {icount}")
+        return here
+
+    async def run_to_end(self, *, timeout: float | None = None) -> int:
+        """Run until the replay log ends and QEMU exits; returns QEMU's exit code."""
+        vm = self._vm()
+        with vm.listen("STOP", "SHUTDOWN") as events:
+            await vm.qmp("cont")
+            try:
+                await self._wait_stop(events, target=None, timeout=timeout)
+            except QemuError:
+                if vm.alive:
+                    raise
+        return await vm.wait_exit(timeout=30)
+
+    async def _wait_stop(self, events, *, target: int | None, timeout: float | None) -> None:
+        """Wait for STOP (or SHUTDOWN / exit when ``target`` is None), watching for stalls."""
+        vm = self._vm()
+        start = time.monotonic()
+        last_icount = -1
+        last_move = start
+        while True:
+            try:
+                ev = await events.get(timeout=POLL_S)
+            except QemuTimeoutError:
+                ev = None
+            except QemuError:
+                if target is None and vm.returncode is not None:
+                    return  # the log ended and QEMU left: what run_to_end waits for
+                raise
+            if ev is not None:
+                name = ev.get("event")
+                if name == "STOP" and target is not None:
+                    return
+                if name == "SHUTDOWN":
+                    if target is None:
+                        return
+                    raise ReplayError(f"the replay shut down before reaching icount {target} "
+                                      f"(at {await self.icount()}); the recording ends earlier")
+                continue
+            now = time.monotonic()
+            if timeout is not None and now - start > timeout:
+                raise ReplayError(f"the replay did not reach {'icount ' + str(target) if target else 'its end'} "
+                                  f"within {timeout:g} s (at icount {await self.icount()})")
+            here = await self.icount()
+            if here != last_icount:
+                last_icount, last_move = here, now
+            elif now - last_move > self.stall_s:
+                raise ReplayError(f"the replay stalled at icount {here}: no progress for "
+                                  f"{self.stall_s:g} s (the checkpoint does not restore exactly)")
+
+    # -- taking the state -------------------------------------------------
+
+    async def snapshot(self) -> BinaryIO:
+        """The paused VM's state now, as a migration stream (savevm in replay mode).
+
+        The caller closes the returned reader.
+        """
+        vm = self._vm()
+        if await self.running():
+            raise ReplayError("snapshot needs a paused replay")
+        self._snapshots += 1
+        name = f"sbtui-{self._snapshots}"
+        await vm.hmp(f"savevm {name}", timeout=120)
+        assert self.workdir is not None
+        return await asyncio.to_thread(open_vmstate, self.workdir / "vmstate.qcow2", name)
