@@ -6,7 +6,9 @@ owner in ``engine/qemu``. :class:`DemoBoot` owns exactly one QEMU process and
 is a context manager: leaving the ``with`` block (normally, by an exception or
 by Ctrl-C) stops QEMU, first with SIGTERM (QEMU exits cleanly on it), then
 SIGKILL. QEMU runs in its own session so a Ctrl-C in the terminal reaches only
-us, and we decide how QEMU ends.
+us, and we decide how QEMU ends; if we are killed outright, the kernel kills
+QEMU (PR_SET_PDEATHSIG). QEMU gets ``-name sbtui-[$SBTUI_QEMU_TAG-]UNIQUE``
+like every QEMU of ``engine.qemu``.
 
 The machine is the one the project replays reliably (see
 ``/work/shared/notes/qemu-facts.md``): ``q35,hpet=off``, TCG, no network, no
@@ -19,6 +21,7 @@ Waits are bounded and poll the log files; nothing sleeps blindly.
 from __future__ import annotations
 
 import codecs
+import ctypes
 import os
 import re
 import signal
@@ -28,18 +31,23 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import QemuDiedError, QemuLaunchError, QemuTimeoutError
+from engine.qemu.process import process_name
 
 QEMU_BINARY = "qemu-system-x86_64"
 DEBUGCON_PORT = 0x402
 _POLL = 0.05
+_PR_SET_PDEATHSIG = 1
 
 
 def demo_qemu_argv(kernel: Path, initrd: Path, append: str, *, console: Path,
                    debugcon: Path | None = None, ram_mib: int = 256,
-                   qemu: str = QEMU_BINARY) -> list[str]:
+                   qemu: str = QEMU_BINARY, name: str | None = None) -> list[str]:
     """The QEMU command line that boots the demo guest headless under TCG."""
-    argv = [
-        qemu, "-machine", "q35,hpet=off", "-accel", "tcg", "-m", str(ram_mib),
+    argv = [qemu]
+    if name:
+        argv += ["-name", name]
+    argv += [
+        "-machine", "q35,hpet=off", "-accel", "tcg", "-m", str(ram_mib),
         "-nodefaults", "-no-user-config", "-display", "none", "-net", "none",
         # A panicking guest (panic=-1 reboots) ends QEMU instead of looping.
         "-no-reboot",
@@ -50,6 +58,19 @@ def demo_qemu_argv(kernel: Path, initrd: Path, append: str, *, console: Path,
         argv += ["-chardev", f"file,id=sbtui-debugcon,path={debugcon}",
                  "-device", f"isa-debugcon,iobase={DEBUGCON_PORT:#x},chardev=sbtui-debugcon"]
     return argv
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn: own session (Ctrl-C in the terminal reaches only us), and
+    SIGKILL from the kernel if we die without our clean-up running (SIGKILL)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
+
+    def preexec() -> None:
+        os.setsid()
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # died between fork and prctl
+            os._exit(127)
+    return preexec
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -69,8 +90,11 @@ class DemoBoot:
         self.console_log = self.workdir / "console.log"
         self.debugcon_log = self.workdir / "debugcon.log" if debugcon else None
         self.qemu_log = self.workdir / "qemu.log"
+        # The same -name scheme as engine.qemu, so tests find their own QEMUs.
+        self.name = process_name()
         self.argv = demo_qemu_argv(kernel, initrd, append, console=self.console_log,
-                                   debugcon=self.debugcon_log, ram_mib=ram_mib, qemu=qemu)
+                                   debugcon=self.debugcon_log, ram_mib=ram_mib, qemu=qemu,
+                                   name=self.name)
         self.proc: subprocess.Popen | None = None
         self.started_at: float | None = None
 
@@ -86,7 +110,8 @@ class DemoBoot:
         with open(self.qemu_log, "wb") as log:
             try:
                 self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+                                             stderr=subprocess.STDOUT,
+                                             preexec_fn=_die_with_parent(os.getpid()))
             except OSError as err:
                 raise QemuLaunchError(f"cannot start {self.argv[0]}: {err}",
                                       argv=self.argv) from None
