@@ -22,6 +22,7 @@ VERB_MODULES = (
     "sbtui.verbs.guest",
     "sbtui.verbs.doctor",
     "sbtui.verbs.store",
+    "sbtui.verbs.replay",
     "sbtui.verbs.reserved",
 )
 

@@ -19,8 +19,6 @@ RESERVED = {
     "console": ("print a recording's console output", 4),
     "markers": ("list a recording's guest markers", 4),
     "pack": ("pack a recording into one file", 4),
-    "replay": ("replay a recording from a checkpoint", 5),
-    "verify": ("verify every interval of a recording", 5),
     "open": ("open a recording in the app", 6),
     "simulate": ("replay every interval in parallel with an analysis", 7),
 }
