@@ -273,6 +273,7 @@ def make_savevm_qcow2(tmp: Path, *, machine: str = "q35", memory_mib: int = 64,
                       append: str | None = None, blob_mib: int = 4, seed: int = 0,
                       snapshots: int = 1, interval_s: float = 0.0, run: bool = False,
                       ready: str | None = None, ready_timeout: float = 120.0,
+                      image_size: str = "1M", image_opts: str | None = None,
                       name: str = "savevm", extra: Sequence[str] = ()) -> SavevmImage:
     """Boot a VM, take ``snapshots`` internal snapshots with HMP ``savevm``, quit.
 
@@ -280,11 +281,12 @@ def make_savevm_qcow2(tmp: Path, *, machine: str = "q35", memory_mib: int = 64,
     ``run`` (or a kernel) is given, for ``interval_s`` seconds. With
     ``ready``, the serial console goes to ``<name>.serial`` and the first
     snapshot waits until that text appears there (e.g. the demo guest's
-    ``sbtui-guest: ready`` line).
+    ``sbtui-guest: ready`` line). ``image_size`` and ``image_opts`` (``-o``
+    of ``qemu-img create``) shape the qcow2 file the state goes into.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     image = tmp / f"{name}.qcow2"
-    create_qcow2(image)
+    create_qcow2(image, image_size, *(["-o", image_opts] if image_opts else []))
     blob = blob_data = None
     if blob_mib:
         blob = tmp / f"{name}.blob"
