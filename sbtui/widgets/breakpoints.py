@@ -1,0 +1,24 @@
+"""Breakpoints and watchpoints: number, kind, enabled, hits, location."""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.markup import escape
+from textual.widgets import Static
+
+from engine.api import Breakpoint, BreakpointKind
+
+
+class BreakpointsView(Static):
+    def show(self, bps: list[Breakpoint]) -> None:
+        if not bps:
+            self.update(Content.from_markup(
+                "[dim]none: b at PC, B at a symbol, w watch[/]"))
+            return
+        out = []
+        for bp in bps:
+            kind = "brk" if bp.kind is BreakpointKind.BREAKPOINT else bp.kind.value
+            on = "[b $success]y[/]" if bp.enabled else "[b $error]n[/]"
+            out.append(f"[b]{bp.number:>2}[/] {kind:<6} {on} [$text-muted]{bp.hits:>3}×[/] "
+                       f"[$warning]{escape(bp.location)}[/] [$secondary]{bp.address:#x}[/]")
+        self.update(Content.from_markup("\n".join(out)))

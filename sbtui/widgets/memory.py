@@ -1,0 +1,38 @@
+"""A memory view: 16 bytes per line in hex and ASCII, virtual or physical.
+
+Zero bytes are dimmed and printable ASCII is coloured, the way hexdump users
+scan for strings and pointers. The title says which address space is shown.
+"""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.markup import escape
+from textual.widgets import Static
+
+BYTES_PER_LINE = 16
+
+
+def hex_line(address: int, chunk: bytes) -> str:
+    cells = []
+    for i in range(BYTES_PER_LINE):
+        if i == 8:
+            cells.append("")
+        if i < len(chunk):
+            b = chunk[i]
+            style = "dim" if b == 0 else ("$success" if 0x20 <= b < 0x7F else "$foreground")
+            cells.append(f"[{style}]{b:02x}[/]")
+        else:
+            cells.append("  ")
+    ascii_ = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk).ljust(BYTES_PER_LINE)
+    return f"[$secondary]{address:016x}[/]  {' '.join(cells)}  [dim]│[/]{escape(ascii_)}[dim]│[/]"
+
+
+class MemoryView(Static):
+    def show(self, address: int, data: bytes, physical: bool, error: str = "") -> None:
+        if error:
+            self.update(Content.from_markup(f"[b $error]{escape(error)}[/]"))
+            return
+        lines = [hex_line(address + off, data[off:off + BYTES_PER_LINE])
+                 for off in range(0, len(data), BYTES_PER_LINE)]
+        self.update(Content.from_markup("\n".join(lines)))

@@ -1,0 +1,60 @@
+"""Registers of the replayed vCPU, changed ones highlighted.
+
+General purpose registers in two columns as gdb prints them (``0x`` and 16 hex
+digits), then rip with its symbol, rflags decoded (``[ IF ZF ]``), segment
+selectors and bases, and cr0/cr3/cr4/efer decoded. A register whose value
+differs from the previous stop is shown in ``$warning`` bold.
+"""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.widgets import Static
+
+from engine.api import CR0_BITS, CR4_BITS, Registers, decode_bits, decode_rflags
+
+LEFT = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp")
+RIGHT = ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+
+
+class RegistersView(Static):
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__("", id=id, classes=classes)
+        self.values: Registers = {}
+        self.previous: Registers = {}
+
+    def show(self, regs: Registers, symbol: str = "") -> None:
+        self.previous, self.values = (self.values or regs), regs
+        self.update(self.render_registers(symbol))
+
+    def changed(self) -> set[str]:
+        return {k for k, v in self.values.items() if self.previous.get(k, v) != v}
+
+    def render_registers(self, symbol: str = "") -> Content:
+        regs, changed = self.values, self.changed()
+        def reg(name: str, width: int = 16, label: int = 3) -> str:
+            if name not in regs:
+                return f"[dim]{name:<{label}} {'?':>{width + 2}}[/]"
+            value = f"{regs[name]:#0{width + 2}x}"
+            colour = "b $warning" if name in changed else "$foreground"
+            return f"[$secondary]{name:<{label}}[/] [{colour}]{value}[/]"
+        lines = [f"{reg(a)}  {reg(b)}" for a, b in zip(LEFT, RIGHT)]
+        lines.append("")
+        rip = reg("rip")
+        if symbol:
+            rip += f" [$accent]<{symbol}>[/]"
+        lines.append(rip)
+        flags = " ".join(decode_rflags(regs.get("rflags", 0)))
+        lines.append(f"{reg('rflags', 8, 6)} [$primary]\\[ {flags} ][/]")
+        segs = "  ".join(f"[$secondary]{s}[/] {regs[s]:#04x}" for s in ("cs", "ss", "ds", "es", "fs", "gs")
+                         if s in regs)
+        lines.append(segs)
+        lines.append(f"{reg('fs_base', 16, 7)}")
+        lines.append(f"{reg('gs_base', 16, 7)}")
+        lines.append("")
+        lines.append(f"{reg('cr0', 8, 4)} [$primary]\\[ {' '.join(decode_bits(regs.get('cr0', 0), CR0_BITS))} ][/]")
+        lines.append(f"{reg('cr2', 16, 4)}")
+        lines.append(f"{reg('cr3', 16, 4)}")
+        lines.append(f"{reg('cr4', 8, 4)} [$primary]\\[ {' '.join(decode_bits(regs.get('cr4', 0), CR4_BITS))} ][/]")
+        lines.append(f"{reg('efer', 8, 4)}")
+        return Content.from_markup("\n".join(lines))

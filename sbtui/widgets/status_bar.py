@@ -1,0 +1,55 @@
+"""The one-line header: what the guest is doing and how big the recording is.
+
+``show_session`` renders a :class:`engine.api.RecordingStatus` (state,
+instruction count, guest time, checkpoint count and rate, store size and dedup
+ratio); ``show_replay`` renders where a replay stands. Colours come from theme
+variables through Content markup.
+"""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.markup import escape
+from textual.widgets import Static
+
+from engine.api import GuestState, RecordingStatus
+from sbtui.widgets.heatmap import human_bytes
+
+STATE_STYLE = {
+    GuestState.RECORDED: ("■ recorded", "$secondary"),
+    GuestState.RUNNING: ("● running", "$success"),
+    GuestState.PAUSED: ("❚❚ paused", "$warning"),
+    GuestState.REPLAYING: ("◀▶ replaying", "$accent"),
+    GuestState.STOPPED: ("■ stopped", "$error"),
+}
+
+
+def sep() -> str:
+    return " [dim]│[/] "
+
+
+class StatusBar(Static):
+    DEFAULT_CSS = "StatusBar { height: 1; }"
+
+    def show_session(self, name: str, status: RecordingStatus) -> None:
+        label, colour = STATE_STYLE[status.state]
+        rate = f" @ {status.checkpoint_rate_hz:.1f}/s" if status.checkpoint_rate_hz else ""
+        self.update(Content.from_markup(
+            f"[b $primary]sbtui[/] [b]{escape(name)}[/]" + sep()
+            + f"[b {colour}]{label}[/]" + sep()
+            + f"icount [b]{status.icount:,}[/]" + sep()
+            + f"guest [b]{status.guest_time_ns / 1e9:,.3f} s[/]" + sep()
+            + f"checkpoints [b]{status.checkpoints:,}[/]{rate}" + sep()
+            + f"store [b]{human_bytes(status.store_bytes)}[/]"
+            + f" · dedup [b $accent]{status.dedup_ratio:.2f}×[/]"))
+
+    def show_replay(self, name: str, checkpoint: int, icount: int, stop: str, busy: str = "") -> None:
+        label, colour = STATE_STYLE[GuestState.REPLAYING]
+        text = (f"[b $primary]sbtui[/] [b]{escape(name)}[/]" + sep()
+                + f"[b {colour}]{label}[/] from checkpoint [b]#{checkpoint}[/]" + sep()
+                + f"icount [b]{icount:,}[/]")
+        if busy:
+            text += sep() + f"[b $warning]{escape(busy)}[/]"
+        elif stop:
+            text += sep() + f"stopped: [b]{escape(stop)}[/]"
+        self.update(Content.from_markup(text))
