@@ -106,41 +106,30 @@ def test_warm_build_takes_well_under_a_second_and_returns_the_same(demo_guest):
 
 
 # -- cache keying and atomicity, with a private cache and a copy of guest-tools --
+# The tests below share one private cache and run in file order (3 builds in all):
+# a crashed build, then reuse, then force, then a changed input.
 
-@pytest.fixture
-def private_cache(demo_guest, tmp_path, monkeypatch):
-    """A cache in tmp_path seeded with the shared kernel (hard links: no download,
-    no symbol boot) and a private copy of guest-tools to change."""
+@pytest.fixture(scope="module")
+def private_cache(demo_guest, tmp_path_factory):
+    """A cache seeded with the shared kernel (hard links: no download, no symbol
+    boot) and a private copy of guest-tools to change."""
     shared_kernels = paths.cache_dir() / "guest" / "kernels"
-    cache = tmp_path / "cache"
+    base = tmp_path_factory.mktemp("private-cache")
+    cache = base / "cache"
     shutil.copytree(shared_kernels, cache / "guest" / "kernels", copy_function=os.link,
                     ignore=shutil.ignore_patterns(".*"))
-    tools = tmp_path / "guest-tools"
+    tools = base / "guest-tools"
     shutil.copytree(builder.guest_tools_dir(), tools)
-    monkeypatch.setenv("SBTUI_CACHE", str(cache))
-    monkeypatch.setenv(builder.GUEST_TOOLS_ENV, str(tools))
-    return cache, tools
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SBTUI_CACHE", str(cache))
+        mp.setenv(builder.GUEST_TOOLS_ENV, str(tools))
+        yield cache, tools
 
 
 def _entries(cache: Path) -> list[str]:
-    return sorted(p.name for p in (cache / "guest").iterdir() if p.name != "kernels"
-                  and not p.name.startswith(".lock"))
-
-
-def test_changed_guest_tools_give_a_new_entry_and_unchanged_ones_reuse_it(demo_guest, private_cache):
-    cache, tools = private_cache
-    first = build_demo_guest()
-    assert first.initrd.parent.parent == cache / "guest"
-    assert first.initrd.read_bytes() == demo_guest.initrd.read_bytes()  # reproducible bytes
-    assert build_demo_guest() == first
-
-    idle = tools / "workloads" / "idle"
-    idle.write_text(idle.read_text() + "# changed\n")
-    second = build_demo_guest()
-    assert second.initrd.parent != first.initrd.parent
-    assert b"# changed" in next(e.data for e in read_initramfs(second.initrd)
-                                if e.name == "usr/lib/sbtui/workloads/idle")
-    assert len(_entries(cache)) == 2
+    """Cache entries, and any leftover temporary build directory (.build-*)."""
+    return sorted(p.name for p in (cache / "guest").iterdir()
+                  if p.name not in ("kernels", ".lock"))
 
 
 def test_a_crash_mid_build_leaves_no_half_entry(private_cache, monkeypatch):
@@ -162,6 +151,15 @@ def test_a_crash_mid_build_leaves_no_half_entry(private_cache, monkeypatch):
     assert _entries(cache) == [art.initrd.parent.name]
 
 
+def test_same_inputs_reuse_the_entry_and_give_identical_bytes(demo_guest, private_cache):
+    cache, _tools = private_cache
+    first = build_demo_guest()
+    assert first.initrd.parent.parent == cache / "guest"
+    assert first.initrd.parent.name == demo_guest.initrd.parent.name  # same inputs, same key
+    assert first.initrd.read_bytes() == demo_guest.initrd.read_bytes()  # reproducible build
+    assert build_demo_guest() == first
+
+
 def test_force_rebuilds_into_the_same_entry(private_cache, monkeypatch):
     cache, _tools = private_cache
     first = build_demo_guest()
@@ -175,6 +173,18 @@ def test_force_rebuilds_into_the_same_entry(private_cache, monkeypatch):
     assert _entries(cache) == [first.initrd.parent.name]
 
 
+def test_changed_guest_tools_give_a_new_entry(private_cache):
+    cache, tools = private_cache
+    first = build_demo_guest()
+    idle = tools / "workloads" / "idle"
+    idle.write_text(idle.read_text() + "# changed\n")
+    second = build_demo_guest()
+    assert second.initrd.parent != first.initrd.parent
+    assert b"# changed" in next(e.data for e in read_initramfs(second.initrd)
+                                if e.name == "usr/lib/sbtui/workloads/idle")
+    assert sorted(_entries(cache)) == sorted([first.initrd.parent.name, second.initrd.parent.name])
+
+
 # -- the kernel package ------------------------------------------------------
 
 def test_resolving_the_metapackage_names_a_real_kernel_and_is_remembered(tmp_path, monkeypatch):
@@ -186,6 +196,26 @@ def test_resolving_the_metapackage_names_a_real_kernel_and_is_remembered(tmp_pat
         raise AssertionError("apt was asked again although nothing changed")
     monkeypatch.setattr(kernel, "_resolve_with_apt", no_apt)
     assert kernel.resolve_kernel_package(memo_dir=tmp_path) == pkg
+
+
+def test_when_apt_cannot_answer_the_cached_kernel_is_used(tmp_path, monkeypatch):
+    pkg = kernel.KernelPackage("linux-image-9.9.9-1-amd64", "9.9.9-1")
+    monkeypatch.setattr(kernel, "_resolve_with_apt", lambda meta: pkg)
+    assert kernel.resolve_kernel_package(memo_dir=tmp_path) == pkg  # remembered
+    kdir = tmp_path / pkg.dirname
+    kdir.mkdir()
+    (kdir / f"vmlinuz-{pkg.release}").write_bytes(b"stand-in")
+    monkeypatch.setattr(kernel, "_apt_fingerprint", lambda: "apt lists are gone")
+
+    def apt_fails(meta):
+        raise GuestBuildError(f"apt knows no package {meta!r}")
+    monkeypatch.setattr(kernel, "_resolve_with_apt", apt_fails)
+    told = []
+    assert kernel.resolve_kernel_package(memo_dir=tmp_path, on_fallback=told.append) == pkg
+    assert "using the cached kernel" in told[0]
+    (kdir / f"vmlinuz-{pkg.release}").unlink()  # nothing cached: the apt error stands
+    with pytest.raises(GuestBuildError, match="apt knows no package"):
+        kernel.resolve_kernel_package(memo_dir=tmp_path)
 
 
 def test_unknown_package_is_a_clear_build_error():

@@ -132,24 +132,43 @@ def _resolve_with_apt(metapackage: str) -> KernelPackage:
 
 
 def resolve_kernel_package(metapackage: str = METAPACKAGE, *,
-                           memo_dir: Path | None = None) -> KernelPackage:
+                           memo_dir: Path | None = None,
+                           on_fallback: Callable[[str], None] | None = None) -> KernelPackage:
     """The real kernel package behind ``metapackage`` and its candidate version.
 
-    With ``memo_dir``, the answer is kept there and reused while apt's state
-    is unchanged, which makes a warm call cost a few ``stat`` calls.
+    With ``memo_dir`` (the kernels directory), the answer is kept there and
+    reused while apt's state is unchanged, which makes a warm call cost a few
+    ``stat`` calls. When apt cannot answer but the last answer's kernel is
+    cached in ``memo_dir``, that kernel is used and ``on_fallback`` told why.
     """
     fingerprint = _apt_fingerprint()
     memo = memo_dir / _MEMO_NAME if memo_dir is not None else None
+    saved: dict = {}
     if memo is not None:
         try:
             saved = json.loads(memo.read_text())
-            if (saved.get("memo_version") == _MEMO_VERSION
-                    and saved.get("metapackage") == metapackage
-                    and saved.get("apt_fingerprint") == fingerprint):
-                return KernelPackage(saved["name"], saved["version"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # missing or unreadable memo: ask apt again
-    pkg = _resolve_with_apt(metapackage)
+            if (not isinstance(saved, dict) or saved.get("memo_version") != _MEMO_VERSION
+                    or saved.get("metapackage") != metapackage
+                    or not isinstance(saved.get("name"), str)
+                    or not isinstance(saved.get("version"), str)):
+                saved = {}
+        except (OSError, ValueError):
+            saved = {}  # missing or unreadable memo: ask apt again
+        if saved and saved.get("apt_fingerprint") == fingerprint:
+            return KernelPackage(saved["name"], saved["version"])
+    try:
+        pkg = _resolve_with_apt(metapackage)
+    except GuestBuildError as err:
+        # apt's lists may be gone (container images delete them) or apt may be
+        # missing: the kernel this cache already holds is still good.
+        if saved and memo_dir is not None:
+            pkg = KernelPackage(saved["name"], saved["version"])
+            if cached_kernel(pkg, memo_dir) is not None:
+                if on_fallback is not None:
+                    on_fallback(f"apt cannot resolve {metapackage} ({err}); using the cached "
+                                f"kernel {pkg.name} {pkg.version}")
+                return pkg
+        raise
     if memo is not None:
         memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
