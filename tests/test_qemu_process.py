@@ -211,7 +211,6 @@ async def test_send_fd_streams_a_live_vm_into_an_incoming_one(spec):
 
 _CHILD = textwrap.dedent("""
     import asyncio, sys
-    sys.path.insert(0, {tests!r})
     from engine.qemu import MachineSpec, QemuProcess
 
     async def main():
@@ -233,7 +232,7 @@ _CHILD = textwrap.dedent("""
 
 
 def _start_child(tiny_kernel: str, tag: str, log: Path) -> subprocess.Popen:
-    code = _CHILD.format(tests=str(REPO / "tests"), kernel=tiny_kernel, log=str(log))
+    code = _CHILD.format(kernel=tiny_kernel, log=str(log))
     env = dict(os.environ, SBTUI_QEMU_TAG=tag, PYTHONPATH=str(REPO))
     # Its own process group, like a command in a terminal: killpg plays Ctrl-C.
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
@@ -262,7 +261,7 @@ def test_ctrl_c_to_driver_process_group_shuts_qemu_down_cleanly(tiny_kernel, tmp
         assert_no_qemu(tag, timeout=0.5)  # gone before the driver exited
     finally:
         child.kill()
-        child.wait(10)
+        child.communicate(timeout=10)
 
 
 def test_sigkill_of_python_parent_kills_qemu(tiny_kernel, tmp_path):
@@ -271,8 +270,8 @@ def test_sigkill_of_python_parent_kills_qemu(tiny_kernel, tmp_path):
     try:
         assert len(wait_for_qemu(tag)) == 1
         child.kill()
-        child.wait(10)
+        child.communicate(timeout=10)
         assert_no_qemu(tag, timeout=5)  # PR_SET_PDEATHSIG
     finally:
         child.kill()
-        child.wait(10)
+        child.communicate(timeout=10)

@@ -132,7 +132,8 @@ class EventStream:
             return dict(getter.result())
         if exited.done():
             raise self._owner._died("QEMU exited while waiting for an event")
-        raise QemuTimeoutError(f"no QMP event {sorted(self._listener.names) or ''} within {timeout:g} s")
+        wanted = ", ".join(sorted(self._listener.names)) or "(any)"
+        raise QemuTimeoutError(f"no QMP event {wanted} within {timeout:g} s")
 
     def __aiter__(self) -> "EventStream":
         return self
