@@ -12,8 +12,10 @@ No tests here: pytest collects this module and finds none.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import random
 import struct
 from pathlib import Path
 
@@ -22,15 +24,11 @@ RAM_SID = 2
 DEV_SID = 3
 
 
+@functools.lru_cache(maxsize=4096)
 def page(seed: int | str) -> bytes:
-    """A deterministic, non-zero, poorly compressible 4 KiB page."""
-    out = bytearray()
-    key = str(seed).encode()
-    n = 0
-    while len(out) < PAGE:
-        out += hashlib.sha256(key + n.to_bytes(4, "little")).digest()
-        n += 1
-    return bytes(out[:PAGE])
+    """A deterministic, non-zero, incompressible 4 KiB page."""
+    key = int.from_bytes(hashlib.sha256(str(seed).encode()).digest()[:8], "little")
+    return random.Random(key).randbytes(PAGE)
 
 
 def text_page(seed: int | str) -> bytes:

@@ -5,9 +5,11 @@ The index is a small log-structured set of immutable *segment* files
 pages it stored; a segment covers the range of segment numbers
 ``[first, last]`` it was built from, and a segment whose range lies inside
 another's has been merged into it and is ignored (deleted by the next
-writer). Segments are merged size-tiered (a newer segment at least a quarter
-the size of the one before it is merged with it), so a store holds about
-``log4(pages)`` of them and every page is rewritten a few times at most.
+writer). Segments are merged size-tiered: once four or more of the newest
+segments are of similar size (each at most four times the newer ones
+together), they become one; so a store holds a few segments per factor of
+four in page count (never more than ten) and a page is rewritten a few times
+at most.
 
 A segment is laid out like git's pack ``.idx`` so it opens in O(1) with
 ``mmap`` and answers a lookup with two ``struct`` reads and one ``find``::
@@ -37,6 +39,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -55,7 +58,8 @@ FAN = struct.Struct("<II")
 TRAILER = 16
 MAX_FANOUT_BITS = 22
 MERGE_RATIO = 4
-MAX_SEGMENTS = 8
+MERGE_MIN = 4        # merge only once this many segments of similar size gathered
+MAX_SEGMENTS = 10
 
 Entry = tuple[int, int, int]  # pack id, offset, record length
 
@@ -190,12 +194,22 @@ class Index:
         self.damaged: dict[str, str] = {}    # segment name -> what is wrong (strict=False)
         self._segments: list[Segment] = []   # newest first
         self.generation: tuple[str, ...] = ()
+        self._mutex = threading.Lock()
         self.refresh()
 
     # -- reading -----------------------------------------------------------
 
     def refresh(self) -> bool:
-        """Re-read the directory; True if the set of live segments changed."""
+        """Re-read the directory; True if the set of live segments changed.
+
+        Segments that are no longer live are dropped, not closed: another
+        thread may be in the middle of a lookup on them, and the mmap closes
+        itself once nothing refers to it.
+        """
+        with self._mutex:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         for _attempt in range(20):
             names = [n for n in os.listdir(self.directory) if parse_segment_name(n)]
             live = _live_ranges([parse_segment_name(n) for n in names])
@@ -214,17 +228,14 @@ class Index:
                         new.append(Segment(self.directory / name))
                     except StoreError as err:
                         if self.strict:
-                            raise StoreError(f"{err} (run `sbtui store fsck --repair` to rebuild "
-                                             "the index from the packs)") from None
+                            hint = "; `sbtui store fsck --repair` rebuilds the index from the packs"
+                            if isinstance(err, IntegrityError):
+                                raise IntegrityError(str(err).split(": ", 1)[-1] + hint,
+                                                     offset=err.offset) from None
+                            raise
                         damaged[name] = str(err)
             except FileNotFoundError:
-                # a writer merged it away between listdir and open: list again
-                for seg in new:
-                    if seg.path.name not in {s.path.name for s in self._segments}:
-                        seg.close()
-                continue
-            for seg in have.values():
-                seg.close()
+                continue   # a writer merged it away between listdir and open: list again
             self._segments = new
             self.damaged = damaged
             self.generation = want
@@ -295,11 +306,12 @@ class Index:
     def _merge_if_due(self) -> None:
         segs = self._segments  # newest first
         k = 1
-        while k < len(segs) and (segs[k].count <= MERGE_RATIO * sum(s.count for s in segs[:k])
-                                 or len(segs) - k >= MAX_SEGMENTS):
+        while k < len(segs) and segs[k].count <= MERGE_RATIO * sum(s.count for s in segs[:k]):
             k += 1
-        if k > 1:
+        if k >= MERGE_MIN:
             self._merge(segs[:k])
+        elif len(segs) > MAX_SEGMENTS:
+            self._merge(segs[:len(segs) - MAX_SEGMENTS + 2])
 
     def _merge(self, segs: list[Segment]) -> None:
         merged: dict[bytes, bytes] = {}

@@ -36,6 +36,7 @@ import lz4.block
 import xxhash
 
 from engine.errors import FormatVersionError, IntegrityError, StoreError
+from engine.store.fsutil import fsync_dir
 
 PACK_MAGIC = b"SBTUIPAK"
 PACK_VERSION = 1
@@ -322,6 +323,8 @@ class PackWriter:
     def commit(self) -> dict[int, int]:
         """Make every appended record durable; returns {pack id: length}."""
         self._close_current()
+        if self._created:
+            fsync_dir(self.directory)   # the new packs' names, too
         return dict(self._lengths)
 
     def abort(self) -> None:

@@ -85,8 +85,8 @@ class PageMap:
         """Every stored page hash the map refers to (no sentinels)."""
         out: set[bytes] = set()
         for m in self._blocks.values():
-            out.update(m[i:i + ENTRY] for i in range(0, len(m), ENTRY))
-        out = {bytes(h) for h in out}
+            b = bytes(m)
+            out.update(b[i:i + ENTRY] for i in range(0, len(b), ENTRY))
         out.discard(ZERO)
         out.discard(ABSENT)
         return out

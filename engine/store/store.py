@@ -43,9 +43,11 @@ reused, so the recorder's checkpoint 0..n are "0000".. in an empty store.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from array import array
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -230,6 +232,32 @@ class Store:
         self._packs = PackReader(self.packs_dir)
         self._manifests: dict[str, tuple[tuple[int, int, int], Manifest]] = {}
         self._maps: OrderedDict[str, PageMap] = OrderedDict()
+        # A Store object may be shared by threads (the recorder imports while
+        # the UI reads): _mutex guards the caches, _writer orders this
+        # object's own writers before they compete for the file lock.
+        self._mutex = threading.RLock()
+        self._writer = threading.Lock()
+        self._dir_key: tuple[tuple[int, int], int] | None = None
+        self._frozen = False    # True while this object writes: only it changes checkpoints/
+        self._sorted: dict[str, Manifest] = {}
+
+    @contextmanager
+    def _writing(self):
+        """Hold the store's writer lock (this object's threads, then other processes)."""
+        if not self._writer.acquire(timeout=self.lock_timeout):
+            raise StoreError(f"store is busy: another thread is writing to {self.root} "
+                             f"(waited {self.lock_timeout:g} s)")
+        try:
+            self._lock.acquire(self.lock_timeout)
+            try:
+                self._scan(force=True)
+                self._frozen = True
+                yield
+            finally:
+                self._frozen = False
+                self._lock.release()
+        finally:
+            self._writer.release()
 
     # -- opening -------------------------------------------------------------
 
@@ -291,18 +319,36 @@ class Store:
 
     # -- manifests -----------------------------------------------------------
 
-    def _scan(self) -> dict[str, Manifest]:
-        """Bring the manifest cache in line with ``checkpoints/``."""
+    def _scan(self, force: bool = False) -> dict[str, Manifest]:
+        """Bring the manifest cache in line with ``checkpoints/``.
+
+        Skips the per-file checks while the directory's mtime is unchanged and
+        was already in the past when the cache was filled: a change in the
+        same clock tick as the last scan could otherwise go unseen.
+        """
+        with self._mutex:
+            if self._frozen and not force:
+                return self._sorted
+            st = os.stat(self.ckpt_dir)
+            key = (st.st_ino, st.st_mtime_ns)
+            if (not force and self._dir_key is not None and self._dir_key[0] == key
+                    and self._dir_key[1] - st.st_mtime_ns > 100_000_000):
+                return self._sorted
+            now = time.time_ns()
+            self._sorted = self._scan_unlocked()
+            self._dir_key = (key, now)
+            return self._sorted
+
+    def _scan_unlocked(self) -> dict[str, Manifest]:
         seen = set()
-        for name in os.listdir(self.ckpt_dir):
-            if not name.endswith(".ckpt"):
-                continue
-            cid = name[:-5]
+        with os.scandir(self.ckpt_dir) as it:
+            entries = [e for e in it if e.name.endswith(".ckpt")]
+        for entry in entries:
+            cid = entry.name[:-5]
             if not valid_id(cid):
                 continue
-            path = self.ckpt_dir / name
             try:
-                st = os.stat(path)
+                st = entry.stat()
             except FileNotFoundError:
                 continue   # deleted meanwhile
             key = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -310,6 +356,7 @@ class Store:
             cached = self._manifests.get(cid)
             if cached is not None and cached[0] == key:
                 continue
+            path = self.ckpt_dir / entry.name
             m = mf.read_manifest(path)
             if m.id != cid:
                 raise StoreError(f"{path}: manifest says it is checkpoint {m.id}")
@@ -374,18 +421,20 @@ class Store:
 
     def page_map(self, checkpoint_id: str) -> PageMap:
         """The composed page map of a checkpoint (per block, hash or zero per page)."""
-        cached = self._maps.get(checkpoint_id)
-        if cached is not None:
-            self._maps.move_to_end(checkpoint_id)
-            return cached
+        with self._mutex:
+            cached = self._maps.get(checkpoint_id)
+            if cached is not None:
+                self._maps.move_to_end(checkpoint_id)
+                return cached
         chain = self.restore_chain(checkpoint_id)
         ms = self._scan()
         start = 0
         pm: PageMap | None = None
-        for k in range(len(chain) - 1, 0, -1):   # start from the newest cached map on the chain
-            if chain[k] in self._maps:
-                pm, start = self._maps[chain[k]], k + 1
-                break
+        with self._mutex:
+            for k in range(len(chain) - 1, 0, -1):   # start from the newest cached map on the chain
+                if chain[k] in self._maps:
+                    pm, start = self._maps[chain[k]], k + 1
+                    break
         for cid in chain[start:]:
             m = ms[cid]
             if pm is None and "full" in m.blobs:
@@ -397,10 +446,11 @@ class Store:
         return pm
 
     def _remember(self, cid: str, pm: PageMap) -> None:
-        self._maps[cid] = pm
-        self._maps.move_to_end(cid)
-        while len(self._maps) > MAP_CACHE:
-            self._maps.popitem(last=False)
+        with self._mutex:
+            self._maps[cid] = pm
+            self._maps.move_to_end(cid)
+            while len(self._maps) > MAP_CACHE:
+                self._maps.popitem(last=False)
 
     def _delta(self, m: Manifest) -> Delta:
         return {name: d for name, (d, _cls) in mf.read_delta(m).items()}
@@ -522,13 +572,10 @@ class Store:
         if not isinstance(name, str) or len(name) > mf.MAX_NAME:
             raise UsageError(f"checkpoint name must be a string of at most {mf.MAX_NAME} characters")
         meta = mf.check_meta(dict(meta or {}))
-        self._lock.acquire(self.lock_timeout)
-        try:
+        with self._writing():
             self._repair_locked()
             return self._import_locked(src, name, parent, meta, progress,
                                        size if size is not None else _source_size(src))
-        finally:
-            self._lock.release()
 
     def _resolve_parent(self, parent: str | None) -> str | None:
         if parent is None:
@@ -604,8 +651,7 @@ class Store:
             st.manifest_bytes = len(data)
         # Commit point 2: the manifest. From here on the checkpoint exists.
         atomic_write(self.ckpt_dir / f"{cid}.ckpt", data)
-        atomic_write(self.root / "next-id", f"{int(cid) + 1}\n".encode())
-        self._scan()
+        self._scan(force=True)
         self._remember(cid, child)
         return self.checkpoint(cid)
 
@@ -711,11 +757,8 @@ class Store:
 
     def repair(self) -> RepairReport:
         """Remove what interrupted writers left (takes the writer lock)."""
-        self._lock.acquire(self.lock_timeout)
-        try:
+        with self._writing():
             return self._repair_locked()
-        finally:
-            self._lock.release()
 
     def _repair_locked(self) -> RepairReport:
         if self._index.damaged:
@@ -747,13 +790,10 @@ class Store:
     def rebuild_index(self) -> int:
         """Replace the index with one rebuilt from the packs; returns pages indexed."""
         from engine.store.fsck import rebuild_index
-        self._lock.acquire(self.lock_timeout)
-        try:
+        with self._writing():
             n = rebuild_index(self)
             self._repair_locked()
             return n
-        finally:
-            self._lock.release()
 
     def pending_repairs(self) -> RepairReport:
         """What :meth:`repair` would do, without doing it (for fsck)."""
@@ -810,12 +850,9 @@ class Store:
 
     def gc(self) -> GcReport:
         """Drop pages no checkpoint refers to; rewrite the packs that held them."""
-        self._lock.acquire(self.lock_timeout)
-        try:
+        with self._writing():
             self._repair_locked()
             return self._gc_locked()
-        finally:
-            self._lock.release()
 
     def _gc_locked(self) -> GcReport:
         self._index.refresh()
@@ -876,12 +913,9 @@ class Store:
 
         The pages it alone referenced stay until :meth:`gc`.
         """
-        self._lock.acquire(self.lock_timeout)
-        try:
+        with self._writing():
             self._repair_locked()
             self._delete_locked(checkpoint_id)
-        finally:
-            self._lock.release()
 
     def _delete_locked(self, cid: str) -> None:
         victim = self._manifest(cid)
@@ -908,11 +942,15 @@ class Store:
                                raw_bytes=child.raw_bytes, stream_hash=child.stream_hash,
                                stats=stats, meta=child.meta)
             atomic_write(self.ckpt_dir / f"{child.id}.ckpt", mf.encode_manifest(rebased, blobs))
-        # the children no longer need the victim: now it can go
+        # the children no longer need the victim: now it can go. Remember
+        # its number first, so the next import does not give it out again.
+        n = int(self._next_id())
+        atomic_write(self.root / "next-id", f"{n}\n".encode())
         os.unlink(self.ckpt_dir / f"{cid}.ckpt")
         fsync_dir(self.ckpt_dir)
-        self._maps.pop(cid, None)
-        self._scan()
+        with self._mutex:
+            self._maps.pop(cid, None)
+        self._scan(force=True)
 
     # -- integrity -------------------------------------------------------------
 
