@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -145,6 +147,9 @@ def test_a_crash_mid_build_leaves_no_half_entry(private_cache, monkeypatch):
         build_demo_guest()
     assert _entries(cache) == []  # neither an entry nor a leftover .build-* directory
 
+    # A builder killed outright (no clean-up ran) leaves its temporary directory;
+    # the next build removes it.
+    (cache / "guest" / ".build-killed").mkdir()
     monkeypatch.setattr(builder, "_build_entry", real_build_entry)
     art = build_demo_guest()
     assert art.initrd.read_bytes() != b"half"
@@ -183,6 +188,24 @@ def test_changed_guest_tools_give_a_new_entry(private_cache):
     assert b"# changed" in next(e.data for e in read_initramfs(second.initrd)
                                 if e.name == "usr/lib/sbtui/workloads/idle")
     assert sorted(_entries(cache)) == sorted([first.initrd.parent.name, second.initrd.parent.name])
+
+
+def test_concurrent_builders_build_once_and_agree(private_cache):
+    cache, tools = private_cache
+    idle = tools / "workloads" / "idle"
+    idle.write_text(idle.read_text() + "# concurrent\n")  # a key nobody has built yet
+    script = ("import json, sys\n"
+              "from engine.guest import build_demo_guest\n"
+              "art = build_demo_guest(progress=lambda m: print('progress:', m, file=sys.stderr))\n"
+              "print(json.dumps(art.to_json()))\n")
+    env = {**os.environ, "SBTUI_CACHE": str(cache), builder.GUEST_TOOLS_ENV: str(tools)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert results[0][0] == results[1][0]
+    builds = sum(err.count("progress: building the demo guest") for _out, err in results)
+    assert builds == 1, results
 
 
 # -- the kernel package ------------------------------------------------------

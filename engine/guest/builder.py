@@ -265,6 +265,7 @@ def build_demo_guest(*, force: bool = False,
             art = _load_entry(entry)  # another process may have built it while we waited
             if art is not None:
                 return art
+        _remove_stale_temporaries(guest_root)
         started = time.monotonic()
         say(f"building the demo guest {inputs.key} in {entry}")
         kfiles = kernel_mod.fetch_kernel(inputs.package, guest_root / "kernels",
@@ -286,6 +287,14 @@ def build_demo_guest(*, force: bool = False,
         say(f"demo guest ready in {time.monotonic() - started:.1f} s: "
             f"initrd {art.initrd.stat().st_size / 1e6:.1f} MB")
         return art
+
+
+def _remove_stale_temporaries(guest_root: Path) -> None:
+    """Remove what a killed builder left behind; only called while holding the build lock,
+    so no live builder owns any of these."""
+    for pattern in (".build-*", "kernels/.fetch-*"):
+        for p in guest_root.glob(pattern):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
