@@ -74,20 +74,12 @@ def assert_loaded_vm_matches(tmp, spec, stream_path, registers: str, blob: bytes
 
 
 @pytest.fixture(scope="session")
-def demo_memchurn():
-    """Two savevm snapshots of the demo guest running memchurn (built once, cached)."""
-    try:
-        from engine.guest import build_demo_guest
-        from engine.errors import GuestBuildError
-    except ImportError:  # pragma: no cover - the guest package is not there yet
-        pytest.skip("engine.guest is not available")
-    try:
-        g = build_demo_guest()
-    except GuestBuildError as err:
-        pytest.skip(f"demo guest cannot be built here: {err}")
+def demo_memchurn(demo_guest):
+    """Two savevm snapshots of the demo guest running memchurn (made once per session)."""
+    g = demo_guest
     return cached_savevm(machine="q35", memory_mib=128, kernel=g.kernel, initrd=g.initrd,
-                         append=g.append_for("memchurn", mem=32, duration=600), blob_mib=0, snapshots=2,
-                         interval_s=1.0, ready="sbtui-guest: ready", name="memchurn")
+                         append=g.append_for("memchurn", mem=32, duration=600), blob_mib=0,
+                         snapshots=2, interval_s=1.0, ready="sbtui-guest: ready", name="memchurn")
 
 
 @pytest.mark.parametrize("machine,memory_mib", SAVEVM_CASES, ids=[f"{m}-{s}M" for m, s in SAVEVM_CASES])
