@@ -442,3 +442,13 @@ def test_assemble_refuses_foreign_or_newer_skeletons():
         assemble_stream(b"PK\x03\x04xxxx", lambda *a: None, io.BytesIO())
     with pytest.raises(StreamError, match="does not decode"):
         assemble_stream(sk[:6] + b"\xc1garbage", lambda *a: None, io.BytesIO())
+
+
+def test_machine_and_blocks_are_known_before_the_first_page():
+    sp = split_stream(io.BytesIO(standard_stream().build()))
+    it = sp.pages()
+    first = next(it)
+    assert first.index == 0
+    assert sp.machine == "pc-q35-10.0" and [b.name for b in sp.blocks] == ["pc.ram", "pc.bios"]
+    assert 0 < sp.raw_bytes
+    list(it)

@@ -673,15 +673,29 @@ class _Parser:
 
 
 class _Split:
-    """The :class:`engine.stream.model.SplitStream` that :func:`split_stream` returns."""
+    """The :class:`engine.stream.model.SplitStream` that :func:`split_stream` returns.
+
+    ``machine`` and ``blocks`` are live: set as soon as the configuration
+    section and the RAM block list have been read (before the first page).
+    """
 
     def __init__(self, src: BinaryIO):
         self._parser = _Parser(src)
         self._started = False
         self._skeleton: bytes | None = None
-        self.machine = ""
-        self.blocks: list[RamBlock] = []
-        self.raw_bytes = 0
+
+    @property
+    def machine(self) -> str:
+        return self._parser.machine
+
+    @property
+    def blocks(self) -> list[RamBlock]:
+        return list(self._parser.blocks)
+
+    @property
+    def raw_bytes(self) -> int:
+        """Bytes of the stream read so far; its length once ``pages()`` is exhausted."""
+        return self._parser.r.offset
 
     @property
     def skeleton(self) -> bytes:
@@ -699,12 +713,9 @@ class _Split:
         p = self._parser
         yield from p.parse()
         assert p.done and p.skel is not None
-        self.machine = p.machine
-        self.blocks = list(p.blocks)
-        self.raw_bytes = p.r.offset
         body = {
             "machine": p.machine,
-            "raw_bytes": self.raw_bytes,
+            "raw_bytes": p.r.offset,
             "xxh3": p.r.digest(),
             "blocks": [[b.name, b.length] for b in p.blocks],
             "records": p.records,
