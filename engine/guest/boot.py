@@ -13,7 +13,9 @@ like every QEMU of ``engine.qemu``.
 The machine is the one the project replays reliably (see
 ``/work/shared/notes/qemu-facts.md``): ``q35,hpet=off``, TCG, no network, no
 defaults. The serial console goes to ``console.log`` and the debug console
-port 0x402 (``sbmark``) to ``debugcon.log`` in the given work directory;
+port 0x402 (``sbmark``) to ``debugcon.log`` in the given work directory
+(SeaBIOS writes its own boot log to that port first: guest marks start at
+the line ``guest-ready workload=NAME``);
 QEMU's own messages go to ``qemu.log``, whose tail every error carries.
 Waits are bounded and poll the log files; nothing sleeps blindly.
 """
