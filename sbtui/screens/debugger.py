@@ -173,11 +173,16 @@ class DebuggerScreen(SbtuiScreen):
             self.busy = ""
             self.query_one(ReplayPosition).show(phase="", fraction=-1.0, stop=self.last_stop)
             self.update_status()
-        super().on_worker_state_changed(event)
+        # (Textual also calls SbtuiScreen's handler: it walks the MRO, so no super())
 
     def worker_failure_handled(self, worker: Worker) -> None:
-        if self.debugger is None and self.is_current:
-            self.dismiss()    # the replay never started: nothing to show here
+        if self.debugger is None:
+            # the replay never started: nothing to show here (once the dialog is gone)
+            self.app.call_later(self._leave_if_not_started)
+
+    def _leave_if_not_started(self) -> None:
+        if self.debugger is None and self.app.screen is self:
+            self.dismiss()
 
     # -- messages ------------------------------------------------------------
     def on_replay_started(self, message: ReplayStarted) -> None:

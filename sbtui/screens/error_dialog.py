@@ -42,6 +42,3 @@ class ErrorDialog(ModalScreen[None]):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss()
-
-    async def action_dismiss(self, result: None = None) -> None:
-        self.dismiss()

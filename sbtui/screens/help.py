@@ -34,17 +34,19 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         groups: dict[str, list[str]] = {}
         seen: set[tuple[str, str]] = set()
-        for key, active in self.target.active_bindings.items():
-            b = active.binding
-            if not b.description or b.system:
-                continue
-            owner = type(active.node).__name__
-            entry = (owner, b.description)
-            if entry in seen:
-                continue
-            seen.add(entry)
-            keys = format_key(b.key_display or key)
-            groups.setdefault(owner, []).append(f"  [b $accent]{escape(keys):>10}[/]  {escape(b.description)}")
+        nodes = [self.target, *self.target.query("*"), self.app]
+        for node in nodes:
+            owner = type(node).__name__
+            for cls in type(node).__mro__:
+                for b in cls.__dict__.get("BINDINGS", []):
+                    if not isinstance(b, Binding) or not b.description or b.system:
+                        continue
+                    if (owner, b.description) in seen:
+                        continue
+                    seen.add((owner, b.description))
+                    keys = ",".join(format_key(k) for k in b.key.split(","))
+                    groups.setdefault(owner, []).append(
+                        f"  [b $accent]{escape(keys):>10}[/]  {escape(b.description)}")
         lines = [f"[b $primary]sbtui help[/]  [dim]{escape(INTRO.get(type(self.target).__name__, ''))}[/]", ""]
         for owner, entries in groups.items():
             lines.append(f"[b $secondary]{owner}[/]")
@@ -55,6 +57,3 @@ class HelpScreen(ModalScreen[None]):
         with Vertical(id="help-box"):
             with VerticalScroll():
                 yield Static("\n".join(lines), id="help-text")
-
-    async def action_dismiss(self, result: None = None) -> None:
-        self.dismiss()
