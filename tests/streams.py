@@ -23,13 +23,16 @@ a BIOS-only VM already gives realistic PAGE records and a known pattern to
 read back with ``pmemsave``. A kernel and initrd (the demo guest) can be
 passed instead, or as well.
 
-Until the project's QEMU owner (``engine/qemu``) lands this module carries its
-own tiny one (:class:`Qemu`); it is for tests only.
+This module carries its own tiny, synchronous QEMU owner (:class:`Qemu`), so
+the codec's tests do not depend on the project's asyncio owner in
+``engine/qemu``; like that one, it names its QEMUs ``sbtui-[TAG-]...`` and
+QEMU dies with the Python that started it (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import random
 import shutil
@@ -37,11 +40,13 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from qemu.qmp import ConnectError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 QEMU = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
@@ -50,6 +55,26 @@ QEMU_IMG = shutil.which("qemu-img") or "qemu-img"
 # Guest-physical address of the pseudo-random blob: above the BIOS areas and
 # below 64 MiB, so even the smallest test guest holds it.
 BLOB_ADDR = 0x1000000
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before any fork
+
+
+def _die_with_parent(parent_pid: int):
+    def preexec() -> None:
+        # QEMU gets SIGKILL when this Python dies, even by SIGKILL.
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(127)
+    return preexec
+
+
+def qemu_name() -> str:
+    """``-name`` for a helper QEMU, ``sbtui-[$SBTUI_QEMU_TAG-]streams-UNIQUE`` like the owner's."""
+    tag = os.environ.get("SBTUI_QEMU_TAG")
+    unique = "streams-" + uuid.uuid4().hex[:12]
+    return f"sbtui-{tag}-{unique}" if tag else f"sbtui-{unique}"
 
 
 class QemuHelperError(RuntimeError):
@@ -123,6 +148,7 @@ class Qemu:
         self.qmp_path = workdir / f"{name}.qmp"
         self.log_path = workdir / f"{name}.log"
         self.argv = argv + [
+            "-name", qemu_name(),
             "-chardev", f"socket,id=qmp0,path={self.qmp_path},server=on,wait=off",
             "-mon", "chardev=qmp0,mode=control",
         ]
@@ -153,7 +179,8 @@ class Qemu:
         self.qmp_path.unlink(missing_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent(os.getpid()))
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -162,7 +189,8 @@ class Qemu:
                 qmp = QEMUMonitorProtocol(str(self.qmp_path))
                 try:
                     qmp.connect()
-                except OSError:
+                except (OSError, ConnectError):
+                    # The socket file exists a moment before QEMU listens on it.
                     qmp.close()
                 else:
                     self.qmp = qmp

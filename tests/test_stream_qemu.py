@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import io
 import random
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +27,8 @@ from engine.stream.migration import assemble_stream, describe, split_stream
 from engine.stream.qcow2 import open_vmstate
 from streams import (
     BLOB_ADDR,
+    Qemu,
+    VmSpec,
     cached_migrate,
     cached_savevm,
     incoming_vm,
@@ -186,6 +192,52 @@ def test_cuts_through_real_device_state_raise_truncated_stream_error():
         with pytest.raises(TruncatedStreamError):
             for _ in sp.pages():
                 pass
+
+
+_CHILD = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from streams import Qemu, VmSpec
+with Qemu(VmSpec(memory_mib=16).argv() + ["-S"], Path({tmp!r})) as vm:
+    print(vm.proc.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_helper_qemu_dies_with_ctrl_c_or_a_killed_parent(tmp_path, sig):
+    child = subprocess.Popen([sys.executable, "-c", _CHILD.format(
+        tests=str(Path(__file__).parent), tmp=str(tmp_path))], stdout=subprocess.PIPE, text=True)
+    try:
+        qemu_pid = int(child.stdout.readline())
+        assert not _gone(qemu_pid)
+        child.send_signal(sig)
+        child.wait(30)
+        deadline = time.monotonic() + 15
+        while not _gone(qemu_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the kernel delivering PDEATHSIG; bounded
+        assert _gone(qemu_pid)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_helper_qemu_ends_when_the_with_block_raises(tmp_path):
+    with pytest.raises(RuntimeError):
+        with Qemu(VmSpec(memory_mib=16).argv() + ["-S"], tmp_path) as vm:
+            pid = vm.proc.pid
+            raise RuntimeError("boom")
+    assert _gone(pid)
 
 
 def test_no_qemu_outlives_the_helpers():
