@@ -16,6 +16,12 @@ Splitting (``engine.stream.migration.split_stream``) reads a file object once,
 streaming: memory stays bounded by one section, not by the stream size.
 Reassembling (``engine.stream.migration.assemble_stream``) asks a
 :data:`PageSource` for each page record, in stream order.
+
+Failures: a stream that does not parse raises ``StreamError`` (or
+``TruncatedStreamError``) out of the ``pages()`` iteration, never a quietly
+shorter result, so an importer can discard what it took so far. The skeleton
+records the original stream's length and hash; ``assemble_stream`` raises
+``IntegrityError`` (after writing) when the page source's pages do not rebuild it.
 """
 
 from __future__ import annotations
