@@ -228,8 +228,8 @@ class _Reader:
         return not self.fill(1)
 
     def digest(self) -> str:
-        # Whatever is still unread in the source counts too: trailing garbage is
-        # refused before this is called, so this is the whole stream.
+        """xxh3-64 of every byte read from the source: the whole stream once the
+        parser has seen its end (trailing bytes are refused, never left unread)."""
         return self.hasher.hexdigest()
 
 
