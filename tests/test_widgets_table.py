@@ -1,0 +1,93 @@
+"""The checkpoint table and the timeline stay instant with 10,000 checkpoints,
+and show what the rows say."""
+
+from __future__ import annotations
+
+import time
+
+from textual.app import App, ComposeResult
+
+from sbtui.fake_session import FakeSession
+from sbtui.themes import FALLBACK_THEME, VARIABLE_DEFAULTS
+from sbtui.widgets.checkpoint_table import CheckpointTable, format_row
+from sbtui.widgets.timeline import Timeline
+
+SESSION = FakeSession(10_000)
+ROWS = SESSION.recording.checkpoints()
+
+
+class TableApp(App):
+    CSS_PATH = "../sbtui/sbtui.tcss"
+
+    def get_theme_variable_defaults(self):
+        return dict(VARIABLE_DEFAULTS)
+
+    def compose(self) -> ComposeResult:
+        yield Timeline(id="timeline")
+        yield CheckpointTable(id="checkpoints")
+
+    def on_mount(self):
+        self.register_theme(FALLBACK_THEME)
+        self.theme = FALLBACK_THEME.name
+        self.activated: list[int] = []
+
+    def on_checkpoint_table_activated(self, message: CheckpointTable.Activated) -> None:
+        self.activated.append(message.index)
+
+
+async def test_ten_thousand_rows_load_paint_and_append_quickly():
+    app = TableApp()
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(CheckpointTable)
+        t0 = time.perf_counter()
+        table.set_rows(list(ROWS[:9_999]))
+        await pilot.pause()
+        first_paint = time.perf_counter() - t0
+        assert first_paint < 0.5, f"first paint {first_paint:.3f}s"   # DataTable: ~1.4 s
+        table.cursor = 9_998
+        await pilot.pause()
+        t0 = time.perf_counter()
+        table.append_rows([ROWS[9_999]])
+        await pilot.pause()
+        assert time.perf_counter() - t0 < 0.2
+        assert table.cursor == 9_999          # follows the newest row
+        assert table.scroll_y > 9_900
+        lines = [table.render_line(y).text for y in range(table.size.height)]
+        assert lines[0].split()[:2] == ["#", "icount"]
+        assert format_row(ROWS[9_999]).strip() in [line.strip() for line in lines]
+
+
+async def test_keys_move_the_cursor_and_enter_activates():
+    app = TableApp()
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(CheckpointTable)
+        table.set_rows(list(ROWS[:500]))
+        table.focus()
+        await pilot.press("down", "down", "pagedown")
+        assert table.cursor > 2
+        await pilot.press("end")
+        assert table.cursor == 499
+        await pilot.press("home", "down", "enter")
+        await pilot.pause()
+        assert table.cursor == 1
+        assert app.activated == [1]
+
+
+async def test_timeline_bins_keep_the_peak_of_each_column():
+    app = TableApp()
+    async with app.run_test(size=(100, 40)) as pilot:
+        timeline = app.query_one(Timeline)
+        timeline.set_rows(list(ROWS))
+        bins = timeline.bins()
+        assert len(bins) == timeline.size.width
+        n, w = len(ROWS), timeline.size.width
+        peak_col = max(range(n), key=lambda i: ROWS[i].pages_dirty) * w // n
+        assert bins[peak_col] == max(bins) == 1.0
+        t0 = time.perf_counter()
+        timeline.set_rows(list(ROWS))
+        for y in range(timeline.size.height):
+            timeline.render_line(y)
+        assert time.perf_counter() - t0 < 0.1
+        timeline.select(5000)
+        await pilot.pause()
+        assert timeline.index_at(timeline.column_of(5000)) in range(5000 - n // w, 5000 + n // w + 1)
