@@ -211,6 +211,7 @@ class DebuggerScreen(SbtuiScreen):
         if snap.console != getattr(log, "_shown", None):
             log.clear()
             log.write(snap.console)
+            log.call_after_refresh(log.scroll_end, animate=False)
             log._shown = snap.console  # type: ignore[attr-defined]
         if snap.stop is not None:
             stop = snap.stop

@@ -46,7 +46,7 @@ class DisassemblyView(Static):
             arrow = "[b $accent]►[/]" if at_pc else " "
             where = f"<{line.symbol}+{line.offset}>" if line.symbol else ""
             addr_style = "b $accent" if at_pc else "$text-muted"
-            text = f"{mark}{arrow} [{addr_style}]{line.address:#018x}[/] [$secondary]{escape(where):<{sym_width}}[/] "
+            text = f"{mark}{arrow} [{addr_style}]{line.address:016x}[/] [$secondary]{escape(where):<{sym_width}}[/] "
             if raw:
                 text += f"[dim]{line.raw.hex(' '):<21}[/] "
             text += highlight_operands(line.text)

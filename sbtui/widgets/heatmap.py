@@ -283,13 +283,13 @@ class Heatmap(Widget, can_focus=True):
         for k in range(1, LEVELS + 1):
             segs.append(Segment("  ", self.palette[k]))
         n = max(1, self.heat.intervals)
-        scale = "share of pages dirty" if n == 1 else f"dirty-page count over {n} intervals"
+        scale = "of pages dirty" if n == 1 else f"of {n} intervals × pages"
         segs.append(Segment(f" 1..100% {scale}", base + info))
         if self.show_marks:
-            segs.append(Segment("   · zero  = dup  ≡ both", base + info))
+            segs.append(Segment("  ·zero =dup ≡both", base + info))
         else:
-            segs.append(Segment("   z: zero/dup marks", base + info))
-        segs.append(Segment(f"   zoom {self.zoom_level}/{self.max_zoom}", base + info))
+            segs.append(Segment("  z: marks", base + info))
+        segs.append(Segment(f"  zoom {self.zoom_level}/{self.max_zoom}", base + info))
         return Strip(segs).adjust_cell_length(self.size.width, base)
 
     def _render_cursor_info(self) -> Strip:
