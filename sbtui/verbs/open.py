@@ -1,8 +1,8 @@
-"""``sbtui open REC``: the app on a saved recording.
+"""``sbtui open REC``: the app on a recording (a directory or a packed file).
 
-Recordings are not written yet (the recorder lands with the engine), so a real
-path ends with a clear error instead of a crash. ``--fake`` (hidden) opens the
-app on :class:`sbtui.fake_session.FakeSession` so the UI can be tried now;
+The app gets an :class:`engine.session.RecordingSession`; a recording that a
+recorder is still filling grows on screen. ``--fake`` (hidden) opens the app
+on :class:`sbtui.fake_session.FakeSession`, for trying the UI without QEMU;
 ``--fake-live`` makes that session grow as if a guest were being recorded.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.errors import RecordingError, UsageError
+from engine.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,11 +35,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.recording:
             raise UsageError("give a recording to open (REC)")
-        path = Path(args.recording)
-        if not path.exists():
-            raise UsageError(f"{path}: no such recording")
-        raise RecordingError(f"{path}: recordings are not supported yet "
-                             "(the recorder is still being built; try 'sbtui open --fake')")
+        from engine.session import RecordingSession
+        from sbtui.verbs.replay import open_recording
+        rec = open_recording(args.recording)
+        session = RecordingSession(rec, name=Path(args.recording).name)
     from sbtui.app import SbtuiApp
     app = SbtuiApp(session, theme=args.theme)
     try:
