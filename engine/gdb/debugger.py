@@ -491,7 +491,8 @@ class GdbDebugger:
     def backtrace(self, limit: int = 16) -> list[Frame]:
         """Up to ``limit`` frames. Without debug info gdb unwinds by prologue
         analysis, so outer frames of kernel code may be wrong; the list stops
-        where gdb's unwinding fails or reaches an address below 0x1000."""
+        where gdb's unwinding fails, or at the first outer frame without a
+        symbol (or below 0x1000): past that, frames are guesses."""
         try:
             res = self.gdb.command(f"-stack-list-frames 0 {max(0, limit - 1)}")
         except GdbCommandError:
@@ -502,11 +503,12 @@ class GdbDebugger:
             f = item.get("frame", item) if isinstance(item, dict) else {}
             func = f.get("func") or ""
             pc = _int(f.get("addr"), 0)
-            if frames and pc < _LOWEST_CODE:
-                break  # unwound into garbage (no code lives in the null page)
+            func = "" if func == "??" else func
+            if frames and (pc < _LOWEST_CODE or not func):
+                break  # unwound into garbage: outer frames without a symbol are guesses
             frames.append(Frame(level=_int(f.get("level"), len(frames)),
                                 pc=pc,
-                                function="" if func == "??" else func,
+                                function=func,
                                 file=f.get("fullname") or f.get("file") or "",
                                 line=_int(f.get("line"), 0)))
         return frames

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 GDB_BINARY = "gdb"
 DEFAULT_TIMEOUT = 10.0
 TAIL_LINES = 30
+_EXIT_POLL = 0.2  # s between checks whether gdb has exited while waiting
 _TAIL_KEEP = 400
 
 # Settings every session gets: no pager or questions (there is nobody to
@@ -320,6 +321,11 @@ class GdbProcess:
         finally:
             if proc.poll() is None:
                 self._signal_group(signal.SIGKILL)
+            # Whatever gdb started (a "shell" command) dies with it.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
             try:
                 proc.wait(timeout=5.0)
             except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL ignored?
@@ -435,6 +441,14 @@ class GdbProcess:
 
     # -- commands ----------------------------------------------------------
 
+    def _gdb_exited(self) -> bool:
+        # End-of-file on gdb's stdout is the quick signal, but a child of gdb
+        # (a "shell" command) can hold the pipe open after gdb died.
+        if self._proc is None or self._proc.poll() is None:
+            return False
+        self._exit_code = self._proc.returncode
+        return True
+
     def _exited_error(self, what: str) -> GdbExitedError:
         code = self._exit_code
         if code is None and self._proc is not None:
@@ -464,14 +478,14 @@ class GdbProcess:
             deadline = time.monotonic() + timeout
             with self._cond:
                 while self._pending.get(token) is None:
-                    if self._eof:
+                    if self._eof or self._gdb_exited():
                         raise self._exited_error(f"while running {cmd!r}")
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise GdbTimeoutError(
                             f"gdb did not answer {cmd!r} within {timeout:g} s",
                             command=cmd, waited=timeout)
-                    self._cond.wait(remaining)
+                    self._cond.wait(min(remaining, _EXIT_POLL))
                 rec, console, logs = self._pending[token]  # type: ignore[misc]
         finally:
             with self._cond:
@@ -501,20 +515,20 @@ class GdbProcess:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._stop_seq <= after:
-                if self._eof:
+                if self._eof or self._gdb_exited():
                     raise self._exited_error(f"while waiting for {command} to stop")
                 if self._target_gone is not None:
                     raise GdbError(f"the target went away while waiting for {command} to "
                                    f"stop (QEMU exited or closed the gdb connection)\n"
                                    f"--- gdb output (last lines) ---\n{self.output_tail()}")
                 if deadline is None:
-                    self._cond.wait(1.0)
+                    self._cond.wait(_EXIT_POLL)
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise GdbTimeoutError(f"{command} did not stop within {timeout:g} s",
                                           command=command, waited=timeout)
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, _EXIT_POLL))
             # Stops cannot pile up: each needs a resume in between, and
             # resumes are serialised by the command lock.
             assert self._last_stop is not None
