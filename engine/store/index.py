@@ -182,7 +182,7 @@ class Segment:
 
 
 class Index:
-    """The live segments of ``index/``, looked up newest first.
+    """The live segments of ``index/``.
 
     Readers call :meth:`refresh` to see segments a writer added since; only
     the writer holding the store lock calls the methods that write.
@@ -193,6 +193,7 @@ class Index:
         self.strict = strict
         self.damaged: dict[str, str] = {}    # segment name -> what is wrong (strict=False)
         self._segments: list[Segment] = []   # newest first
+        self._by_size: list[Segment] = []    # the same, largest first (for lookups)
         self.generation: tuple[str, ...] = ()
         self._mutex = threading.Lock()
         self.refresh()
@@ -236,6 +237,10 @@ class Index:
                         damaged[name] = str(err)
             except FileNotFoundError:
                 continue   # a writer merged it away between listdir and open: list again
+            # Live segments never disagree about a page (a gc base supersedes
+            # everything before it), so lookups may try them in any order:
+            # the largest first is the likeliest hit.
+            self._by_size = sorted(new, key=lambda seg: -seg.count)
             self._segments = new
             self.damaged = damaged
             self.generation = want
@@ -246,10 +251,11 @@ class Index:
         for seg in self._segments:
             seg.close()
         self._segments = []
+        self._by_size = []
         self.generation = ()
 
     def lookup(self, digest: bytes) -> Entry | None:
-        for seg in self._segments:
+        for seg in self._by_size:
             hit = seg.lookup(digest)
             if hit is not None:
                 return hit

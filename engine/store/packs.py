@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -48,6 +50,9 @@ REC_CHECKED = REC_FIXED.size
 CODEC_RAW = 0
 CODEC_LZ4 = 1
 MAX_PAGE = 1 << 20  # no sane page is larger; bounds what a hostile header can make us allocate
+WINDOW_BITS = 20    # readers cache 1 MiB windows of packs...
+WINDOWS = 16        # ...this many of them
+_LENS = struct.Struct("<II")
 
 _xxh32 = xxhash.xxh32_intdigest
 _xxh3_128 = xxhash.xxh3_128_digest
@@ -140,6 +145,7 @@ class PackReader:
     def __init__(self, directory: Path):
         self.directory = directory
         self._fds: dict[int, int] = {}
+        self._windows: dict[tuple[int, int], bytes] = {}
 
     def _fd(self, pack_id: int) -> int:
         fd = self._fds.get(pack_id)
@@ -151,11 +157,15 @@ class PackReader:
             except BaseException:
                 os.close(fd)
                 raise
-            self._fds[pack_id] = fd
+            kept = self._fds.setdefault(pack_id, fd)
+            if kept != fd:   # another thread opened it meanwhile
+                os.close(fd)
+            fd = kept
         return fd
 
     def forget(self, pack_id: int | None = None) -> None:
         ids = list(self._fds) if pack_id is None else [pack_id]
+        self._windows.clear()
         for pid in ids:
             fd = self._fds.pop(pid, None)
             if fd is not None:
@@ -166,7 +176,44 @@ class PackReader:
 
     def read(self, pack_id: int, offset: int, length: int, digest: bytes,
              checkpoint: str | None = None) -> bytes:
-        """The page stored at ``(pack_id, offset)``, verified against ``digest``."""
+        """The page stored at ``(pack_id, offset)``, verified against ``digest``.
+
+        Reads go through a few cached 1 MiB windows of the pack (pages of one
+        checkpoint were appended together, so they sit together). Whatever the
+        path, the page's xxh3-128 is checked before it is returned; a record
+        that fails the quick checks is read again from the file and judged in
+        full, so a stale window can never hand out a wrong page.
+        """
+        buf = self._window_bytes(pack_id, offset, length)
+        if buf is not None:
+            page = _quick_decode(buf, length, digest)
+            if page is not None:
+                return page
+            self._windows.clear()
+        return self._read_checked(pack_id, offset, length, digest, checkpoint)
+
+    def _window_bytes(self, pack_id: int, offset: int, length: int):
+        w = offset >> WINDOW_BITS
+        if (offset + length - 1) >> WINDOW_BITS != w:
+            return None   # straddles two windows: read it directly
+        key = (pack_id, w)
+        win = self._windows.get(key)
+        if win is None:
+            win = os.pread(self._fd(pack_id), 1 << WINDOW_BITS, w << WINDOW_BITS)
+            self._windows[key] = win
+            if len(self._windows) > WINDOWS:
+                try:   # oldest first; another thread may be evicting too
+                    self._windows.pop(next(iter(self._windows)), None)
+                except (RuntimeError, StopIteration):
+                    pass
+        rel = offset - (w << WINDOW_BITS)
+        if rel + length > len(win):
+            self._windows.pop(key, None)   # the pack has grown since: read it afresh
+            return None
+        return memoryview(win)[rel:rel + length]
+
+    def _read_checked(self, pack_id: int, offset: int, length: int, digest: bytes,
+                      checkpoint: str | None) -> bytes:
         name = pack_name(pack_id)
         buf = os.pread(self._fd(pack_id), length, offset)
 
@@ -189,6 +236,28 @@ class PackReader:
         if len(page) != head.page_len or _xxh3_128(page) != digest:
             raise bad(f"page content does not match its hash {digest.hex()}")
         return page
+
+
+def _quick_decode(buf: memoryview, length: int, digest: bytes) -> bytes | None:
+    """The page if the record is whole and its content matches ``digest``, else None."""
+    if len(buf) != length or buf[:4] != REC_MAGIC or buf[8:24] != digest:
+        return None
+    codec = buf[4]
+    page_len, stored_len = _LENS.unpack_from(buf, 24)
+    if stored_len + REC_HEADER.size != length or page_len > MAX_PAGE:
+        return None
+    try:
+        if codec == CODEC_LZ4:
+            page = _decompress(buf[REC_HEADER.size:], uncompressed_size=page_len)
+        elif codec == CODEC_RAW:
+            page = bytes(buf[REC_HEADER.size:])
+        else:
+            return None
+    except (ValueError, lz4.block.LZ4BlockError):
+        return None
+    if len(page) != page_len or _xxh3_128(page) != digest:
+        return None
+    return page
 
 
 @dataclass(slots=True)
@@ -242,14 +311,16 @@ def scan_pack(path: Path, pack_id: int, *, verify: bool = True,
 class PackWriter:
     """Appends records for one import (or gc) under the store lock.
 
-    Records are buffered and written in large chunks; a pack rolls over once
-    it reaches ``target_size``. ``commit()`` fsyncs every pack touched and
+    Records are buffered and written in large chunks by a background thread
+    (``os.write`` releases the GIL, so the disk works while the import goes
+    on parsing and hashing); a pack rolls over once it reaches ``target_size``. ``commit()`` fsyncs every pack touched and
     returns their lengths, which the index segment then records as
     committed. ``abort()`` truncates every pack back to where this writer
     found it and deletes packs it created, leaving the bytes as they were.
     """
 
     FLUSH_AT = 4 << 20
+    MAX_QUEUED = 4
 
     def __init__(self, directory: Path, *, next_id: int, tail: tuple[int, int] | None,
                  target_size: int):
@@ -265,6 +336,8 @@ class PackWriter:
         self._created: list[int] = []
         self._lengths: dict[int, int] = {}
         self.bytes_written = 0
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbtui-pack-writer")
+        self._pending: deque[Future] = deque()
 
     def _open_next(self) -> None:
         self._close_current()
@@ -292,6 +365,28 @@ class PackWriter:
         self._fd, self._pack_id, self._pos = fd, pack_id, PACK_HEADER.size
         self.bytes_written += PACK_HEADER.size
 
+    def append_page(self, digest: bytes, page: bytes) -> tuple[int, int, int]:
+        """Compress and queue ``page``; like ``append(encode_record(...))`` with fewer copies."""
+        if self._fd is None or self._pos >= self.target_size:
+            self._open_next()
+        packed = _compress(page, store_size=False)
+        if len(packed) < len(page):
+            codec, payload = CODEC_LZ4, packed
+        else:
+            codec, payload = CODEC_RAW, page
+        head = _pack_fixed(REC_MAGIC, codec, digest, len(page), len(payload))
+        length = REC_HEADER.size + len(payload)
+        where = (self._pack_id, self._pos, length)
+        buf = self._buf
+        buf += head
+        buf += _xxh32(head).to_bytes(4, "little")
+        buf += payload
+        self._pos += length
+        self.bytes_written += length
+        if len(buf) >= self.FLUSH_AT:
+            self._flush()
+        return where
+
     def append(self, record: bytes) -> tuple[int, int, int]:
         """Queue ``record``; returns where it lands: (pack id, offset, length)."""
         if self._fd is None or self._pos >= self.target_size:
@@ -306,15 +401,21 @@ class PackWriter:
 
     def _flush(self) -> None:
         if self._buf and self._fd is not None:
-            view = memoryview(self._buf)
-            while view:
-                view = view[os.write(self._fd, view):]
-            view.release()
+            # bound the memory queued behind a slow disk
+            while len(self._pending) >= self.MAX_QUEUED:
+                self._pending.popleft().result()
+            self._pending.append(self._io.submit(_write_all, self._fd, bytes(self._buf)))
             self._buf.clear()
+
+    def _drain(self) -> None:
+        """Wait for every queued write; re-raise the first error."""
+        while self._pending:
+            self._pending.popleft().result()
 
     def _close_current(self) -> None:
         if self._fd is not None:
             self._flush()
+            self._drain()
             os.fsync(self._fd)
             os.close(self._fd)
             self._lengths[self._pack_id] = self._pos
@@ -322,12 +423,19 @@ class PackWriter:
 
     def commit(self) -> dict[int, int]:
         """Make every appended record durable; returns {pack id: length}."""
-        self._close_current()
+        try:
+            self._close_current()
+        finally:
+            self._io.shutdown(wait=True)
         if self._created:
             fsync_dir(self.directory)   # the new packs' names, too
         return dict(self._lengths)
 
     def abort(self) -> None:
+        for fut in self._pending:   # let queued writes finish before cutting them off
+            fut.cancel() or fut.exception()
+        self._pending.clear()
+        self._io.shutdown(wait=True)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -341,6 +449,12 @@ class PackWriter:
                     pass
             else:
                 os.truncate(path, length)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def iter_pack_ids(directory: Path) -> Iterator[int]:

@@ -530,6 +530,7 @@ class Store:
         read_page = self.read_page
         cid = m.id
         last: list = [None, None]   # block name, its entries
+        recent: dict[bytes, bytes] = {}   # pages a stream repeats are read and verified once
 
         def source(index: int, block: str, offset: int) -> bytes | None:
             e = superseded.get(index) if superseded else None
@@ -539,14 +540,21 @@ class Store:
                         raise IntegrityError(f"stream record {index} is in RAM block {block!r}, "
                                              "which the page map does not have", checkpoint=cid)
                     last[0], last[1] = block, blocks[block]
-                p = (offset // PAGE_SIZE) * ENTRY
+                p = (offset >> 12) << 4
                 e = bytes(last[1][p:p + ENTRY])
             if e == ZERO:
                 return None
+            page = recent.get(e)
+            if page is not None:
+                return page
             if e == ABSENT or len(e) != ENTRY:
                 raise IntegrityError(f"page map has no page for stream record {index} "
                                      f"({block}+{offset:#x})", checkpoint=cid)
-            return read_page(e, checkpoint=cid)
+            page = read_page(e, checkpoint=cid)
+            if len(recent) >= 4096:
+                recent.clear()
+            recent[e] = page
+            return page
 
         out = _HashingWriter(dst)
         self.codec.assemble_stream(skeleton, source, out)
@@ -656,20 +664,26 @@ class Store:
         return self.checkpoint(cid)
 
     def _ingest(self, split, parent_blocks, writer: PackWriter, st: CheckpointStats):
-        """Consume the page records: dedup, store new pages, build the child's map."""
+        """Consume the page records: dedup, store new pages, build the child's map.
+
+        The hot loop of an import (one pass per page record), kept flat on purpose.
+        """
         maps: dict[str, bytearray] = {}
         classes: dict[str, bytearray] = {}
         rec_index: dict[str, array] = {}
         superseded: dict[int, bytes] = {}
         new_pages: dict[bytes, tuple[int, int, int]] = {}
         seen: set[bytes] = set()
+        seen_add = seen.add
         lookup = self._index.lookup
-        append = writer.append
+        append_page = writer.append_page
         xxh = _xxh3_128
         cur_block = None
         m = cls = ri = None
+        mlen = 0
         pm: bytes | bytearray = b""
-        zero = intra = inter = new = records = 0
+        data_pages = intra = new = 0
+        last_index = -1
         for rec in split.pages():
             if rec.block != cur_block:
                 cur_block = rec.block
@@ -677,44 +691,45 @@ class Store:
                 cls = classes.setdefault(cur_block, bytearray())
                 ri = rec_index.setdefault(cur_block, array("q"))
                 pm = parent_blocks.get(cur_block, b"")
-            page = rec.offset // PAGE_SIZE
-            pos = page * ENTRY
-            if pos >= len(m):
+                mlen = len(m)
+            page = rec.offset >> 12
+            pos = page << 4
+            if pos >= mlen:
                 grow = max(page + 1, 2 * len(ri)) - len(ri)
                 m += bytes(grow * ENTRY)
                 cls += bytes(grow)
                 ri.extend(array("q", [-1]) * grow)
-            data = rec.data
-            records += 1
-            if data is None:
-                h = ZERO
-                c = CLASS_ZERO
-                zero += 1
-            else:
-                if len(data) != PAGE_SIZE:
-                    raise StoreError(f"page record {rec.index} ({rec.block}+{rec.offset:#x}) "
-                                     f"holds {len(data)} bytes, expected {PAGE_SIZE}")
-                h = xxh(data)
-                if h in seen:
-                    c = CLASS_INTRA
-                    intra += 1
-                else:
-                    seen.add(h)
-                    if pm[pos:pos + ENTRY] == h or lookup(h) is not None:
-                        c = CLASS_INTER
-                        inter += 1
-                    else:
-                        if h == ZERO or h == ABSENT:
-                            raise StoreError(f"page record {rec.index} hashes to a reserved value")
-                        new_pages[h] = append(encode_record(h, data))
-                        c = CLASS_NEW
-                        new += 1
+                mlen = len(m)
+            last_index = rec.index
             old = ri[page]
-            if old >= 0:
+            if old >= 0:   # the stream sent this page before: keep that record's content
                 superseded[old] = bytes(m[pos:pos + ENTRY])
-            ri[page] = rec.index
+            ri[page] = last_index
+            data = rec.data
+            if data is None:
+                m[pos:pos + ENTRY] = ZERO
+                cls[page] = CLASS_ZERO
+                continue
+            data_pages += 1
+            if len(data) != PAGE_SIZE:
+                raise StoreError(f"page record {rec.index} ({rec.block}+{rec.offset:#x}) "
+                                 f"holds {len(data)} bytes, expected {PAGE_SIZE}")
+            h = xxh(data)
             m[pos:pos + ENTRY] = h
-            cls[page] = c
+            if h in seen:
+                cls[page] = CLASS_INTRA
+                intra += 1
+                continue
+            seen_add(h)
+            # unchanged since the parent (the common case), or stored by an earlier checkpoint
+            if pm[pos:pos + ENTRY] == h or lookup(h) is not None:
+                cls[page] = CLASS_INTER
+                continue
+            if h == ZERO or h == ABSENT:
+                raise StoreError(f"page record {rec.index} hashes to a reserved value")
+            new_pages[h] = append_page(h, data)
+            cls[page] = CLASS_NEW
+            new += 1
         # trim the growth slack to the pages actually seen
         for name, mm in maps.items():
             last = len(rec_index[name])
@@ -722,13 +737,14 @@ class Store:
                 last -= 1
             del mm[last * ENTRY:]
             del classes[name][last:]
+        records = last_index + 1
         st.page_records = records
-        st.zero_pages = zero
-        st.data_pages = records - zero
+        st.zero_pages = records - data_pages
+        st.data_pages = data_pages
         st.superseded_records = len(superseded)
         st.new_pages = new
         st.intra_duplicates = intra
-        st.inter_duplicates = inter
+        st.inter_duplicates = data_pages - new - intra
         return maps, classes, superseded, new_pages
 
     def _needs_keyframe(self, parent_id: str, dirty: int, child: PageMap) -> bool:
