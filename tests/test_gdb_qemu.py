@@ -195,6 +195,24 @@ def test_breakpoint_on_another_symbol_hits_and_shows_in_the_backtrace(dbg):
     assert all(f.function for f in frames)
 
 
+def test_finish_returns_to_the_caller_and_nexti_steps_over_a_call(dbg):
+    dbg.add_breakpoint("default_idle_call")
+    dbg.cont(timeout=60)
+    stop = dbg.finish(timeout=60)
+    assert stop.reason == "function-finished" and stop.function == "do_idle"
+    dbg.delete_all_breakpoints()
+    # the first call instruction in default_idle_call: nexti lands right after it
+    dbg.add_breakpoint("default_idle_call")
+    dbg.cont(timeout=60)
+    lines = dbg.disassemble(count=40, before=0)
+    call = next(line for line in lines if line.text.startswith("call"))
+    dbg.delete_all_breakpoints()
+    dbg.add_breakpoint(call.address)
+    assert dbg.cont(timeout=60).pc == call.address
+    stop = dbg.nexti(timeout=60)
+    assert stop.pc == call.address + len(call.raw) and stop.function == "default_idle_call"
+
+
 def test_software_breakpoint_also_hits(dbg):
     bp = dbg.add_breakpoint("do_idle", hardware=False)
     assert "hw breakpoint" not in dbg.gdb.console(f"info breakpoints {bp.number}")
