@@ -290,7 +290,9 @@ def test_write_watchpoint_on_jiffies_reports_old_and_new_value(dbg):
 
 def test_continue_is_interrupted_from_another_thread(dbg):
     result: dict = {}
-    t = threading.Thread(target=lambda: result.setdefault("stop", dbg.cont(timeout=60)))
+    # No timeout: only the interrupt ends this continue.
+    t = threading.Thread(target=lambda: result.setdefault("stop", dbg.cont(timeout=None)),
+                         daemon=True)
     t.start()
     wait_until(lambda: dbg.running, 10, "the guest running after continue")
     interrupted = dbg.interrupt(timeout=10)

@@ -592,7 +592,8 @@ class GdbDebugger:
         """Continue until a stop. ``timeout=None`` waits until :meth:`interrupt`
         (from another thread), a breakpoint, gdb's exit or the target's end."""
         self._last_reverse = False
-        return GdbStop.from_mi(self.gdb.execute("-exec-continue", timeout))
+        self._last_gdbstop = GdbStop.from_mi(self.gdb.execute("-exec-continue", timeout))
+        return self._last_gdbstop
 
     def resume(self) -> int:
         """Continue without waiting; pass the result to :meth:`wait`."""

@@ -539,9 +539,10 @@ class GdbProcess:
         """Run an execution command (``-exec-...``) and wait until the target stops.
 
         On timeout the target is interrupted (so gdb is usable again) and
-        :class:`GdbTimeoutError` names the command and the wait.
+        :class:`GdbTimeoutError` names the command and the wait. ``timeout=None``
+        waits without a limit (until a stop, :meth:`interrupt` from another
+        thread, gdb's exit or the target going away).
         """
-        timeout = self.default_timeout if timeout is None else timeout
         with self._lock:
             before = self._stop_seq
             self._request(cmd, self.default_timeout)  # ^running comes at once
