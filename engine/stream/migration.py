@@ -813,6 +813,8 @@ def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO) -> 
                     out += data
                 index += 1
                 addr += PAGE_SIZE
+                if len(out) >= _CHUNK:  # a run can span all of RAM: keep memory to one chunk
+                    flush()
         if len(out) >= _CHUNK:
             flush()
     flush()
