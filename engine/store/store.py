@@ -551,7 +551,7 @@ class Store:
                 raise IntegrityError(f"page map has no page for stream record {index} "
                                      f"({block}+{offset:#x})", checkpoint=cid)
             page = read_page(e, checkpoint=cid)
-            if len(recent) >= 4096:
+            if len(recent) >= 1024:
                 recent.clear()
             recent[e] = page
             return page
