@@ -236,6 +236,8 @@ def test_hostile_delta_blob_gives_store_error(filled):
         msgpack.packb({"pc.ram": [1, b"\x05\x00\x00\x00", b"\x01" * 16, None]}),     # index past pages
         msgpack.packb({"pc.ram": [4, b"\x00\x00\x00\x00", b"\x01" * 15, None]}),     # short entry
         msgpack.packb({"pc.ram": "nope"}),
+        msgpack.packb({"pc.ram": [1 << 32, b"", b"", None]}),                     # a 64 GiB map
+        msgpack.packb({f"b{k}": [1 << 25, b"", b"", None] for k in range(3)}),   # 3 x 16 GiB
         msgpack.packb([1, 2]),
     ]
     for k, raw in enumerate(bad_deltas):
@@ -294,3 +296,19 @@ def test_pack_header_is_checked(filled):
     with Store.open(path) as s:
         with pytest.raises(IntegrityError, match="not a pack file"):
             s.export_stream("0000", io.BytesIO())
+
+
+def test_hostile_index_entry_cannot_make_a_reader_allocate(filled):
+    """A consistent (checksummed) segment whose entry claims a 4 GiB record."""
+    from engine.store import index as idx
+    path, _ = filled
+    with Store.open(path) as s:
+        digest = s.page_map("0000").get("pc.ram", 0)
+    seg = path / "index" / idx.segment_name(90, 90)
+    seg.write_bytes(idx.encode_segment([digest], [idx.ENTRY.pack(1, 16, 0xFFFFFFFF)], {}))
+    for old in (path / "index").glob("*.idx"):
+        if old != seg:
+            old.unlink()
+    with Store.open(path, repair=False) as s:
+        with pytest.raises(IntegrityError, match="record length of 4294967295"):
+            s.read_page(digest)

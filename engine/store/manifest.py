@@ -48,6 +48,10 @@ MAX_HEADER = 16 << 20
 MAX_BLOB = 1 << 30
 MAX_NAME = 4096
 MAX_META_DEPTH = 16
+# Pages a checkpoint's map may hold, over all blocks: 256 GiB of guest RAM.
+# A page map costs 16 bytes a page in memory, so this bounds what a hostile
+# manifest can make a reader allocate (1 GiB) and matches MAX_BLOB.
+MAX_PAGES = 1 << 26
 ID_RE = re.compile(r"\A[0-9]{4,12}\Z")
 BLOB_NAMES = ("skeleton", "delta", "full", "superseded")
 
@@ -315,12 +319,15 @@ def read_delta(m: Manifest) -> dict[str, tuple[BlockDelta, bytes | None]]:
     try:
         _want(isinstance(obj, dict), "delta is not a map")
         out: dict[str, tuple[BlockDelta, bytes | None]] = {}
+        total = 0
         for name, spec in obj.items():
             _want(isinstance(spec, list) and len(spec) == 4 and _is_int(spec[0], 0, 1 << 32)
                   and isinstance(spec[1], bytes) and isinstance(spec[2], bytes)
                   and (spec[3] is None or isinstance(spec[3], bytes)),
                   f"delta of block {name!r} must be [pages, indices, entries, classes]")
             pages, raw_idx, entries, classes = spec
+            total += pages
+            _want(total <= MAX_PAGES, f"delta describes more than {MAX_PAGES} pages")
             _want(len(raw_idx) % 4 == 0 and len(entries) == len(raw_idx) // 4 * ENTRY,
                   f"delta of block {name!r}: indices and entries differ in count")
             idx = array("I")

@@ -50,6 +50,7 @@ REC_CHECKED = REC_FIXED.size
 CODEC_RAW = 0
 CODEC_LZ4 = 1
 MAX_PAGE = 1 << 20  # no sane page is larger; bounds what a hostile header can make us allocate
+MAX_RECORD = REC_HEADER.size + MAX_PAGE
 WINDOW_BITS = 20    # readers cache 1 MiB windows of packs...
 WINDOWS = 16        # ...this many of them
 _LENS = struct.Struct("<II")
@@ -184,6 +185,9 @@ class PackReader:
         that fails the quick checks is read again from the file and judged in
         full, so a stale window can never hand out a wrong page.
         """
+        if not REC_HEADER.size < length <= MAX_RECORD:
+            raise IntegrityError(f"the index gives a record length of {length} bytes",
+                                 pack=pack_name(pack_id), offset=offset)
         buf = self._window_bytes(pack_id, offset, length)
         if buf is not None:
             page = _quick_decode(buf, length, digest)
@@ -341,10 +345,11 @@ class PackWriter:
 
     def _open_next(self) -> None:
         self._close_current()
-        if self._resume is not None and self._resume[1] < self.target_size:
+        path = self.directory / pack_name(self._resume[0]) if self._resume else None
+        if self._resume is not None and self._resume[1] < self.target_size and path.exists():
             pack_id, length = self._resume
             self._resume = None
-            fd = os.open(self.directory / pack_name(pack_id), os.O_WRONLY)
+            fd = os.open(path, os.O_WRONLY)
             size = os.fstat(fd).st_size
             if size != length:
                 os.close(fd)

@@ -695,7 +695,10 @@ class Store:
             page = rec.offset >> 12
             pos = page << 4
             if pos >= mlen:
-                grow = max(page + 1, 2 * len(ri)) - len(ri)
+                if page >= mf.MAX_PAGES:
+                    raise StoreError(f"page record {rec.index} is at {rec.block}+{rec.offset:#x}: "
+                                     f"RAM beyond {mf.MAX_PAGES * PAGE_SIZE >> 30} GiB is not supported")
+                grow = min(max(page + 1, 2 * len(ri)), mf.MAX_PAGES) - len(ri)
                 m += bytes(grow * ENTRY)
                 cls += bytes(grow)
                 ri.extend(array("q", [-1]) * grow)
