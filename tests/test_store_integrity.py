@@ -312,3 +312,25 @@ def test_hostile_index_entry_cannot_make_a_reader_allocate(filled):
     with Store.open(path, repair=False) as s:
         with pytest.raises(IntegrityError, match="record length of 4294967295"):
             s.read_page(digest)
+
+
+def test_symlinks_in_a_received_store_are_refused(filled, tmp_path):
+    """Repair truncates packs: it must never follow a link out of the store."""
+    path, _ = filled
+    victim = tmp_path / "precious.txt"
+    victim.write_bytes(b"x" * 100_000)
+    pack = _pack_file(path)
+    pack.unlink()
+    pack.symlink_to(victim)
+    with pytest.raises(StoreError, match="not a regular file"):
+        with Store.open(path, repair=False) as s:
+            s.repair()
+    with Store.open(path, repair=False) as s:
+        with pytest.raises(IntegrityError, match="cannot open the pack"):
+            s.export_stream("0000", io.BytesIO())
+    assert victim.read_bytes() == b"x" * 100_000
+    pack.unlink()
+    (path / "packs").rename(tmp_path / "elsewhere")
+    (path / "packs").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StoreError, match="packs is not a directory"):
+        Store.open(path)

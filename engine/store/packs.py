@@ -152,7 +152,13 @@ class PackReader:
         fd = self._fds.get(pack_id)
         if fd is None:
             path = self.directory / pack_name(pack_id)
-            fd = os.open(path, os.O_RDONLY)  # FileNotFoundError is handled by the caller
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                raise   # the caller refreshes its index: gc may have moved the page
+            except OSError as err:
+                raise IntegrityError(f"cannot open the pack: {err.strerror} (a symbolic link?)",
+                                     pack=path.name) from None
             try:
                 check_pack_header(os.pread(fd, PACK_HEADER.size, 0), path, pack_id)
             except BaseException:
@@ -349,7 +355,7 @@ class PackWriter:
         if self._resume is not None and self._resume[1] < self.target_size and path.exists():
             pack_id, length = self._resume
             self._resume = None
-            fd = os.open(path, os.O_WRONLY)
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
             size = os.fstat(fd).st_size
             if size != length:
                 os.close(fd)

@@ -43,6 +43,7 @@ reused, so the recorder's checkpoint 0..n are "0000".. in an empty store.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from array import array
@@ -208,7 +209,7 @@ def _default_codec():
 def _source_size(src: BinaryIO) -> int | None:
     try:
         st = os.fstat(src.fileno())
-        if not os.path.stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
             return None
         return st.st_size - src.tell()
     except (AttributeError, OSError, ValueError):
@@ -287,8 +288,13 @@ class Store:
                 raise StoreError(f"{root}: not an sbtui store (no {FORMAT_FILE} file)")
         check_format(root)
         for sub in ("packs", "index", "checkpoints"):
-            if not (root / sub).is_dir():
-                raise StoreError(f"{root}: damaged store: the {sub}/ directory is missing")
+            # lstat: a store from elsewhere must not steer our writes out of it
+            try:
+                st = os.lstat(root / sub)
+            except FileNotFoundError:
+                raise StoreError(f"{root}: damaged store: the {sub}/ directory is missing") from None
+            if not stat.S_ISDIR(st.st_mode):
+                raise StoreError(f"{root}: {sub} is not a directory (a symbolic link?)")
         store = cls(root, codec=codec, pack_size=pack_size, lock_timeout=lock_timeout,
                     strict_index=strict_index)
         # never judge pack tails against a damaged index: that could delete good packs
@@ -797,7 +803,10 @@ class Store:
                 rep.removed_packs.append(pack_name(pid))
                 changed = True
                 continue
-            size = path.stat().st_size
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"{path} is not a regular file (a symbolic link?); refusing to touch it")
+            size = st.st_size
             if size > committed[pid]:
                 os.truncate(path, committed[pid])
                 rep.truncated[pack_name(pid)] = (size, committed[pid])
