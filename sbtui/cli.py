@@ -24,6 +24,9 @@ VERB_MODULES = (
     "sbtui.verbs.store",
     "sbtui.verbs.replay",
     "sbtui.verbs.open",
+    "sbtui.verbs.record",
+    "sbtui.verbs.attach",
+    "sbtui.verbs.recording",
     "sbtui.verbs.reserved",
 )
 

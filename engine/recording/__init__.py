@@ -1,5 +1,9 @@
-"""Recordings: the recorder (record mode and live checkpoints) and the on-disk format.
+"""Recordings: the recorder (record/replay mode and live checkpoints) and the on-disk format.
 
-``format`` knows the directory layout and nothing of QEMU processes;
-``recorder`` drives QEMU and the store to fill one.
+* ``format``    the recording directory (manifest, append-only logs); knows no QEMU
+* ``recorder``  :class:`Recorder`: a guest under record/replay, a checkpoint every interval
+* ``live``      live checkpoints (``background-snapshot``): ``attach`` and ``LiveRecorder``
+* ``markers``   guest markers (``sbmark``) placed at instruction counts
+* ``events``    what recorders report while they run, and their summary
+* ``pack``      one file to move a recording; ``open_any`` reads a directory or that file
 """

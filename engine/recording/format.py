@@ -96,19 +96,34 @@ class CheckpointEntry:
 
 @dataclass(frozen=True)
 class Marker:
-    """A moment the guest marked with ``sbmark TEXT``."""
+    """A moment the guest marked with ``sbmark TEXT``.
+
+    ``icount`` is the instruction count at which ``sbmark`` read the guest's
+    time stamp counter, a few hundred instructions before the text reached
+    the debug port. It is ``exact`` when the conversion from guest time to
+    instructions was unambiguous (see :mod:`engine.recording.markers`);
+    otherwise the marker lies in ``icount .. icount_max``.
+    """
 
     icount: int
     text: str
     wall_time: float
+    guest_time_ns: int | None = None   # the guest's TSC (= virtual clock) at the mark
+    exact: bool = True
+    icount_max: int | None = None      # upper bound when not exact
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Marker":
+        gt = data.get("guest_time_ns")
+        hi = data.get("icount_max")
         m = cls(icount=int(data["icount"]), text=str(data["text"]),
-                wall_time=float(data.get("wall_time", 0.0)))
+                wall_time=float(data.get("wall_time", 0.0)),
+                guest_time_ns=int(gt) if gt is not None else None,
+                exact=bool(data.get("exact", True)),
+                icount_max=int(hi) if hi is not None else None)
         return m
 
 
@@ -127,6 +142,14 @@ class Manifest:
     guest: dict[str, Any] = field(default_factory=dict)   # {"kernel": {"path","sha256"}, "initrd": {...}, "workload": ...}
     end_icount: int | None = None
     wall_s: float | None = None
+    # The QEMU command line that replays the recording, with the per-run
+    # plumbing as placeholders ({rrfile}, {vmstate}, {debugcon}, {console}).
+    replay_argv: list[str] = field(default_factory=list)
+    # Figures of the run: downtime, ingestion lag, proofs (the recorder's summary).
+    stats: dict[str, Any] = field(default_factory=dict)
+    # Live recordings of a QEMU started by someone else: what is known of it
+    # (its command line when readable, QMP socket path).
+    source: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
 
     def to_json(self) -> dict[str, Any]:

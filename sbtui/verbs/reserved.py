@@ -13,12 +13,6 @@ from engine.errors import SbtuiError
 
 # verb -> (one-line help, issue that brings it)
 RESERVED = {
-    "record": ("record a guest with periodic checkpoints", 4),
-    "attach": ("attach to a live QEMU guest over QMP", 4),
-    "checkpoints": ("list a recording's checkpoints", 4),
-    "console": ("print a recording's console output", 4),
-    "markers": ("list a recording's guest markers", 4),
-    "pack": ("pack a recording into one file", 4),
     "open": ("open a recording in the app", 6),
     "simulate": ("replay every interval in parallel with an analysis", 7),
 }

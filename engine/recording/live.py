@@ -1,0 +1,526 @@
+"""Live checkpoints: a running guest, no record/replay, checkpoints by ``background-snapshot``.
+
+Two ways in:
+
+* :func:`attach` connects to a QEMU someone else started with
+  ``-qmp unix:PATH,server=on,wait=off`` (:class:`AttachedQemu`), takes
+  checkpoints into a live recording, and detaches: it never stops or quits
+  that VM, and puts back the migration capabilities and parameters it
+  changed, so the guest runs on as before.
+* :class:`LiveRecorder` (``sbtui record --live``) starts the guest itself
+  (KVM when the probe boot works, TCG otherwise) and checkpoints it the same way.
+
+How a live checkpoint is taken (:class:`LiveCheckpointer`, facts in
+shared/notes/qemu-facts.md): ``migrate-set-capabilities background-snapshot``
+and a raised ``max-bandwidth`` once; then per checkpoint a pipe whose write
+end goes to QEMU over the QMP socket (``getfd``, SCM_RIGHTS) and
+``migrate fd:NAME``. QEMU write-protects guest RAM (userfaultfd), resumes the
+guest after a pause of a few milliseconds and streams the state of that
+moment while the guest runs; a thread imports the pipe's read end into the
+store as the bytes arrive (pages may come in any order and twice: the store
+keeps the last). The downtime is QEMU's own ``downtime`` figure.
+
+Live checkpoints have no instruction count (``icount`` 0) and cannot be
+replayed instruction by instruction; they can be opened, inspected and
+started as a new VM. Their recording has ``kind = "live"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import shutil
+import socket
+import struct
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from qemu.qmp import EventListener, ExecuteError, QMPClient
+from qemu.qmp.error import QMPError
+
+from engine.errors import (QemuDiedError, QemuError, QemuTimeoutError, QmpError, RecordingError,
+                           SbtuiError, UsageError)
+from engine.qemu import MachineSpec, QemuProcess, find_qemu, qemu_version
+from engine.recording.events import (CheckpointStored, CheckpointTaken, Notice, RecordingStarted,
+                                     RecordSummary)
+from engine.recording.format import CheckpointEntry, Manifest, Recording
+
+MAX_BANDWIDTH = 64 << 30        # bytes/s: "unlimited" (the default 32 MiB/s made a snapshot take 10 s)
+MIGRATION_TIMEOUT = 300.0
+EventCallback = Callable[[object], None]
+
+
+# -- a QEMU we did not start ---------------------------------------------------
+
+class _Events:
+    def __init__(self, listener: EventListener):
+        self._listener = listener
+
+    async def get(self, timeout: float | None = None) -> dict[str, Any]:
+        try:
+            return dict(await asyncio.wait_for(self._listener.get(), timeout))
+        except asyncio.TimeoutError:
+            raise QemuTimeoutError(f"no QMP event within {timeout:g} s") from None
+
+
+class AttachedQemu:
+    """A QMP connection to a QEMU someone else started. Closing it only disconnects."""
+
+    def __init__(self, socket_path: str | Path, *, timeout: float = 10.0):
+        self.socket_path = Path(socket_path)
+        self.timeout = timeout
+        self.peer_pid: int | None = None
+        self._client: QMPClient | None = None
+
+    async def __aenter__(self) -> "AttachedQemu":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _bad(self, why: str) -> UsageError:
+        return UsageError(f"cannot attach to {self.socket_path}: {why}. Start QEMU with "
+                          f"'-qmp unix:{self.socket_path},server=on,wait=off' and give that path")
+
+    async def connect(self) -> None:
+        path = self.socket_path
+        if not path.exists():
+            raise self._bad("no such file")
+        if not path.is_socket():
+            raise self._bad("not a UNIX socket")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, str(path)),
+                                   self.timeout)
+        except (OSError, asyncio.TimeoutError) as err:
+            sock.close()
+            why = "nobody is listening on it (is QEMU still running?)" \
+                if isinstance(err, ConnectionRefusedError) else f"connecting failed ({err or 'timeout'})"
+            raise self._bad(why) from None
+        with contextlib.suppress(OSError):
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            self.peer_pid = struct.unpack("3i", creds)[0]
+        client = QMPClient(f"sbtui-attach-{os.getpid()}")
+        try:
+            await asyncio.wait_for(client.connect(sock), self.timeout)
+        except (QMPError, OSError, asyncio.TimeoutError) as err:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            sock.close()
+            why = str(err) or f"no greeting within {self.timeout:g} s"
+            raise self._bad(f"it does not speak QMP ({why})") from None
+        self._client = client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), 5.0)
+
+    @property
+    def alive(self) -> bool:
+        return self._client is not None and self._client.runstate.name == "RUNNING"
+
+    def command_line(self) -> list[str]:
+        """QEMU's argv from /proc when it runs on this machine (for the manifest)."""
+        if self.peer_pid is None:
+            return []
+        try:
+            raw = Path(f"/proc/{self.peer_pid}/cmdline").read_bytes()
+        except OSError:
+            return []
+        return [a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0")]
+
+    async def qmp(self, command: str, arguments: Mapping[str, Any] | None = None, *,
+                  timeout: float | None = 30.0) -> Any:
+        if self._client is None:
+            raise QemuError(f"QMP {command}: not attached")
+        try:
+            return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
+        except ExecuteError as err:
+            raise QmpError(f"QMP command '{command}' failed: {err.error_class}: {err}") from err
+        except asyncio.TimeoutError:
+            raise QemuTimeoutError(f"QMP command '{command}' got no answer within {timeout:g} s") from None
+        except (QMPError, EOFError, OSError) as err:
+            raise QemuDiedError(f"QMP command '{command}': the connection to QEMU at "
+                                f"{self.socket_path} was lost ({err})") from err
+
+    async def send_fd(self, fd: int, name: str) -> None:
+        if self._client is None:
+            raise QemuError("send_fd: not attached")
+        try:
+            self._client.send_fd_scm(fd)
+        except (OSError, QMPError) as err:
+            raise QemuError(f"passing a file descriptor to QEMU failed: {err}") from err
+        await self.qmp("getfd", {"fdname": name})
+
+    @contextlib.contextmanager
+    def listen(self, *names: str):
+        if self._client is None:
+            raise QemuError("listen: not attached")
+        listener = EventListener(names or None)
+        self._client.register_listener(listener)
+        try:
+            yield _Events(listener)
+        finally:
+            with contextlib.suppress(Exception):
+                self._client.remove_listener(listener)
+
+
+# -- taking live checkpoints -------------------------------------------------------
+
+class LiveCheckpointer:
+    """Background-snapshot checkpoints of one QEMU (QemuProcess or AttachedQemu) into a recording."""
+
+    def __init__(self, target, rec: Recording, *, t0: float, on_event: EventCallback | None = None):
+        self.target = target
+        self.rec = rec
+        self.t0 = t0                      # monotonic time of the recording's start
+        self.on_event = on_event or (lambda _e: None)
+        self.entries: list[CheckpointEntry] = []
+        self.downtimes_ms: list[float] = []
+        self.ingest_s: list[float] = []
+        self.stored_bytes = 0
+        self.raw_bytes = 0
+        self._saved_caps: list[dict] | None = None
+        self._saved_bandwidth: int | None = None
+        self._prepared = False
+
+    async def prepare(self) -> None:
+        """Switch on background-snapshot and raise the bandwidth (remembering the old values)."""
+        t = self.target
+        info = await t.qmp("query-migrate")
+        if info.get("status") in ("setup", "active", "pre-switchover", "device", "postcopy-active",
+                                  "wait-unplug", "cancelling"):
+            raise RecordingError(f"QEMU is busy with a migration ({info.get('status')}); "
+                                 "try again when it has finished")
+        caps = await t.qmp("query-migrate-capabilities")
+        self._saved_caps = [dict(c) for c in caps]
+        params = await t.qmp("query-migrate-parameters")
+        self._saved_bandwidth = params.get("max-bandwidth")
+        try:
+            await t.qmp("migrate-set-capabilities",
+                        {"capabilities": [{"capability": "background-snapshot", "state": True}]})
+        except QmpError as err:
+            raise RecordingError(f"this QEMU cannot take live checkpoints (background-snapshot): "
+                                 f"{err}") from err
+        await t.qmp("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
+        self._prepared = True
+
+    async def restore(self) -> None:
+        """Put back the capabilities and parameters :meth:`prepare` changed."""
+        if not self._prepared:
+            return
+        self._prepared = False
+        t = self.target
+        with contextlib.suppress(SbtuiError):
+            if self._saved_caps is not None:
+                bg = next((c for c in self._saved_caps if c.get("capability") == "background-snapshot"),
+                          {"state": False})
+                await t.qmp("migrate-set-capabilities",
+                            {"capabilities": [{"capability": "background-snapshot",
+                                               "state": bool(bg.get("state"))}]})
+            if self._saved_bandwidth is not None:
+                await t.qmp("migrate-set-parameters", {"max-bandwidth": self._saved_bandwidth})
+
+    async def take(self, index: int) -> CheckpointEntry:
+        t = self.target
+        rec = self.rec
+        name = f"sbtui-live-{os.getpid()}-{index}"
+        rfd, wfd = os.pipe()
+        result: list[Any] = []
+        parent = self.entries[-1].store_id if self.entries else None
+
+        def ingest() -> None:
+            try:
+                with os.fdopen(rfd, "rb", buffering=1 << 20) as src:
+                    with rec.store_lock:
+                        result.append(rec.store.import_stream(
+                            src, name=name, parent=parent,
+                            meta={"index": index, "origin": "live"}))
+            except BaseException as err:  # noqa: BLE001 - handed back below
+                result.append(err)
+
+        try:
+            await t.send_fd(wfd, name)
+        finally:
+            os.close(wfd)   # QEMU has its own copy; ours would hide its end-of-file
+        thread = threading.Thread(target=ingest, name="sbtui-live-ingest", daemon=True)
+        thread.start()
+        wall = time.monotonic() - self.t0
+        t_start = time.monotonic()
+        try:
+            with t.listen("MIGRATION") as events:
+                try:
+                    await t.qmp("migrate", {"uri": f"fd:{name}"})
+                except SbtuiError:
+                    with contextlib.suppress(SbtuiError):
+                        await t.qmp("closefd", {"fdname": name})  # ends the reader with EOF
+                    raise
+                status = await _wait_migration(t, events)
+            info = await t.qmp("query-migrate")
+        finally:
+            await asyncio.to_thread(thread.join, MIGRATION_TIMEOUT)
+        ingest_s = time.monotonic() - t_start
+        got = result[0] if result else RecordingError("the live checkpoint's import did not finish")
+        if status != "completed":
+            raise RecordingError(f"live checkpoint {index} failed: QEMU reports migration "
+                                 f"'{status}': {info.get('error-desc', '')}".rstrip(": "))
+        if isinstance(got, BaseException):
+            if isinstance(got, OSError) and got.errno == errno.ENOSPC:
+                raise RecordingError(f"{rec.path}: the disk is full ({got}); live checkpoint "
+                                     f"{index} was not stored") from got
+            raise RecordingError(f"storing live checkpoint {index} failed: {got}") from got
+        downtime_ms = float(info.get("downtime", 0.0))
+        self.on_event(CheckpointTaken(index, 0, downtime_ms, wall, pending=0))
+        entry = CheckpointEntry(index=index, store_id=got.id, icount=0, wall_time=round(wall, 6),
+                                guest_time_ns=0, downtime_ms=round(downtime_ms, 3), origin="live")
+        rec.append_checkpoint(entry)
+        self.entries.append(entry)
+        self.downtimes_ms.append(downtime_ms)
+        self.ingest_s.append(ingest_s)
+        st = got.stats
+        self.stored_bytes += st.stored_bytes
+        self.raw_bytes += st.raw_bytes
+        self.on_event(CheckpointStored(entry, st.dirty_pages, st.new_pages, st.stored_bytes,
+                                       st.raw_bytes, ingest_s, 0))
+        return entry
+
+    def summary(self, status: str, *, error: str | None = None) -> RecordSummary:
+        return RecordSummary(path=str(self.rec.path), kind="live", status=status,
+                             checkpoints=len(self.entries), wall_s=self.rec.manifest.wall_s or 0.0,
+                             downtimes_ms=list(self.downtimes_ms), ingest_s=list(self.ingest_s),
+                             stored_bytes=self.stored_bytes, raw_bytes=self.raw_bytes,
+                             proofs={}, proof_note="live checkpoints are not replayable; "
+                                                   "nothing to prove", error=error)
+
+
+async def _wait_migration(target, events) -> str:
+    deadline = time.monotonic() + MIGRATION_TIMEOUT
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            with contextlib.suppress(SbtuiError):
+                await target.qmp("migrate_cancel")
+            return "timeout"
+        try:
+            ev = await events.get(timeout=min(1.0, left))
+            status = ev.get("data", {}).get("status", "")
+        except QemuTimeoutError:
+            status = (await target.qmp("query-migrate")).get("status", "")
+        if status in ("completed", "failed", "cancelled"):
+            return status
+
+
+# -- attach ------------------------------------------------------------------------
+
+def open_or_create_live(path: Path, *, interval: float, qemu_version_text: str,
+                        source: dict, spec: dict) -> Recording:
+    """The live recording at ``path``: an existing one (checkpoints are appended) or a new one."""
+    if path.exists() and (path / "recording.json").exists():
+        rec = Recording.open(path)
+        if rec.manifest.kind != "live":
+            raise UsageError(f"{path}: is a record-mode recording; live checkpoints go into a "
+                             "live recording (give a new path)")
+        rec.update(status="recording", error=None)
+        return rec
+    manifest = Manifest(kind="live", spec=spec, qemu_version=qemu_version_text,
+                        interval_s=interval, created=time.time(), source=source)
+    return Recording.create(path, manifest)
+
+
+async def attach(socket_path: str | Path, rec_path: str | Path, *, interval: float = 2.0,
+                 count: int | None = None, duration: float | None = None,
+                 stop: asyncio.Event | None = None,
+                 on_event: EventCallback | None = None) -> RecordSummary:
+    """Checkpoint a running QEMU over its QMP socket, then detach leaving it running.
+
+    Ends after ``count`` checkpoints, ``duration`` seconds, when ``stop`` is
+    set, or when that QEMU goes away (status ``complete``, ``interrupted`` and
+    ``complete`` respectively; a lost QEMU with no checkpoint is an error).
+    """
+    if count is not None and count < 1:
+        raise UsageError(f"--count must be at least 1, got {count}")
+    say = on_event or (lambda _e: None)
+    stop = stop or asyncio.Event()
+    async with AttachedQemu(socket_path) as q:
+        status = await q.qmp("query-status")
+        version = await q.qmp("query-version")
+        v = version.get("qemu", {})
+        vtext = f"{v.get('major', 0)}.{v.get('minor', 0)}.{v.get('micro', 0)}"
+        try:
+            mem = (await q.qmp("query-memory-size-summary")).get("base-memory", 0)
+        except SbtuiError:
+            mem = 0
+        argv = q.command_line()
+        source = {"qmp_socket": str(Path(socket_path).resolve()), "pid": q.peer_pid,
+                  "argv": argv, "status_at_attach": status.get("status")}
+        spec = {"memory_mib": int(mem) >> 20} if mem else {}
+        rec = open_or_create_live(Path(rec_path), interval=interval, qemu_version_text=vtext,
+                                  source=source, spec=spec)
+        t0 = time.monotonic() - (time.time() - rec.manifest.created)
+        first = len(rec.checkpoints())
+        cp = LiveCheckpointer(q, rec, t0=t0, on_event=say)
+        say(RecordingStarted(rec.path, tuple(argv)))
+        result = "complete"
+        error: str | None = None
+        try:
+            await cp.prepare()
+            start = time.monotonic()
+            k = 0
+            while True:
+                await cp.take(first + k)
+                k += 1
+                if count is not None and k >= count:
+                    break
+                due = start + k * interval
+                end = start + duration if duration is not None else None
+                wait = max(0.0, (min(due, end) if end is not None else due) - time.monotonic())
+                try:
+                    await asyncio.wait_for(stop.wait(), wait)
+                    result = "interrupted"
+                    break
+                except asyncio.TimeoutError:
+                    pass
+                if end is not None and time.monotonic() >= end:
+                    break
+        except QemuDiedError as err:
+            # The user's QEMU went away: keep what was stored.
+            error = str(err).splitlines()[0]
+            result = "complete" if cp.entries else "failed"
+            if not cp.entries:
+                rec.update(status="failed", error=error)
+                raise
+        except BaseException as err:
+            rec.update(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
+            raise
+        finally:
+            await cp.restore()
+            rec.update(wall_s=round(time.monotonic() - t0, 3))
+        rec.update(status=result, error=error)
+        summary = cp.summary(result, error=error)
+        rec.update(stats=summary.figures())
+        rec.close()
+        return summary
+
+
+# -- record --live -----------------------------------------------------------------
+
+class LiveRecorder:
+    """``sbtui record --live``: start the guest (no record/replay) and checkpoint it live."""
+
+    def __init__(self, path: str | Path, spec: MachineSpec, *, interval: float = 2.0,
+                 duration: float | None = None, guest_info: dict | None = None,
+                 on_event: EventCallback | None = None, qemu_binary: str | None = None,
+                 launch_timeout: float = 60.0):
+        if not (isinstance(interval, (int, float)) and interval > 0):
+            raise UsageError(f"--interval must be a positive number of seconds, got {interval!r}")
+        if duration is not None and duration <= 0:
+            raise UsageError(f"--duration must be a positive number of seconds, got {duration!r}")
+        if not spec.kernel:
+            raise UsageError("the machine has no kernel: give --kernel (or use the demo guest)")
+        self.path = Path(path)
+        self.spec = spec
+        self.interval = float(interval)
+        self.duration = duration
+        self.guest_info = dict(guest_info or {})
+        self.on_event = on_event or (lambda _e: None)
+        self.qemu_binary = qemu_binary
+        self.launch_timeout = launch_timeout
+        self._stop = asyncio.Event()
+        self.vm: QemuProcess | None = None
+        self.rec: Recording | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def send_console(self, data: bytes | str) -> None:
+        if self.vm is None or not self.vm.alive or self.vm.console is None:
+            raise RecordingError("the guest is not running; there is no console to type into")
+        await self.vm.console.send(data)
+
+    async def run(self) -> RecordSummary:
+        binary = find_qemu(self.qemu_binary)
+        vtext = ".".join(map(str, qemu_version(binary)))
+        manifest = Manifest(kind="live", spec={}, qemu_version=vtext, interval_s=self.interval,
+                            created=time.time(), guest=dict(self.guest_info))
+        rec = Recording.create(self.path, manifest)
+        self.rec = rec
+        try:
+            files = {role: rec.add_guest_file(role, Path(getattr(self.spec, role)))
+                     for role in ("kernel", "initrd") if getattr(self.spec, role)}
+        except BaseException:
+            shutil.rmtree(rec.path, ignore_errors=True)
+            raise
+        stored = self.spec.replace(kernel=files.get("kernel"), initrd=files.get("initrd"),
+                                   debugcon_path="debugcon.out", rr=None, rrfile=None,
+                                   icount_shift=None, vmstate_image=None, paused=False,
+                                   no_reboot=True)
+        manifest.spec = stored.to_dict()
+        rec.save_manifest()
+        run_spec = rec.machine_spec()
+        t0 = time.monotonic() - (time.time() - manifest.created)
+        work = Path(tempfile.mkdtemp(prefix="sbtui-live-"))
+        cp: LiveCheckpointer | None = None
+        status, error = "failed", None
+        try:
+            vm = QemuProcess(run_spec, workdir=work / "qemu", log_path=rec.path / "qemu.log",
+                             console_path=rec.console_path, qemu_binary=binary,
+                             launch_timeout=self.launch_timeout)
+            self.vm = vm
+            async with vm:
+                self.on_event(RecordingStarted(rec.path, tuple(vm.argv)))
+                cp = LiveCheckpointer(vm, rec, t0=t0, on_event=self.on_event)
+                await cp.prepare()
+                exited = asyncio.create_task(vm.wait_exit(1e9))
+                stopped = asyncio.create_task(self._stop.wait())
+                try:
+                    start = time.monotonic()
+                    end = start + self.duration if self.duration is not None else None
+                    k = 0
+                    while True:
+                        await cp.take(k)
+                        k += 1
+                        due = start + k * self.interval
+                        deadline = min(due, end) if end is not None else due
+                        done, _ = await asyncio.wait(
+                            {exited, stopped}, timeout=max(0.0, deadline - time.monotonic()),
+                            return_when=asyncio.FIRST_COMPLETED)
+                        if exited in done:
+                            if vm.returncode == 0:
+                                status = "complete"
+                                break
+                            raise QemuDiedError("QEMU died during the live recording",
+                                                argv=vm.argv, exit_code=vm.returncode,
+                                                log_tail=vm.log_tail())
+                        if stopped in done:
+                            status = "interrupted"
+                            break
+                        if end is not None and time.monotonic() >= end:
+                            status = "complete"
+                            break
+                finally:
+                    for task in (exited, stopped):
+                        task.cancel()
+                        with contextlib.suppress(BaseException):
+                            await task
+        except BaseException as err:
+            status = "failed" if not isinstance(err, asyncio.CancelledError) else "interrupted"
+            error = str(err) or type(err).__name__
+            rec.update(status=status, error=error, wall_s=round(time.monotonic() - t0, 3))
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        shutil.rmtree(work, ignore_errors=True)
+        rec.update(status=status, error=error, wall_s=round(time.monotonic() - t0, 3))
+        assert cp is not None
+        summary = cp.summary(status)
+        rec.update(stats=summary.figures())
+        rec.close()
+        return summary
