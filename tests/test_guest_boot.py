@@ -101,7 +101,9 @@ def console_marks(boot: Boot) -> list[str]:
 
 def debugcon_marks(boot: Boot) -> list[str]:
     """Lines on the debug console from the guest's first mark on (the firmware logs before)."""
-    out = boot.debugcon.splitlines()
+    # sbmark prefixes each line with "@" and the guest's TSC in 16 hex digits
+    # (engine/recording/markers.py); the text follows after a space.
+    out = [re.sub(r"^@[0-9a-f]{16} ", "", line) for line in boot.debugcon.splitlines()]
     first = next(i for i, line in enumerate(out) if line.startswith("guest-ready "))
     return out[first:]
 
