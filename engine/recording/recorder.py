@@ -36,6 +36,8 @@ What one run does (see shared/notes/qemu-facts.md for why):
 How a run ends, and what it leaves (always a recording that opens and
 replays up to where it ends):
 
+* QEMU refuses to start (no kernel, a bad option): the error is raised and
+  the new directory removed, as nothing was recorded;
 * ``duration`` elapsed: the guest is paused, its instruction count noted as
   the end, QMP ``quit`` (QEMU finalizes the log), status ``complete``;
 * the guest powers off (QEMU exits 0): status ``complete``;
@@ -67,10 +69,10 @@ import termios
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, BinaryIO, Callable
 
-from engine.errors import (Qcow2Error, QemuDiedError, QemuError, QmpError, RecordingError,
-                           SbtuiError, StoreError, StreamError, UsageError)
+from engine.errors import (Qcow2Error, QemuDiedError, QemuError, QemuLaunchError, QmpError,
+                           RecordingError, SbtuiError, StoreError, StreamError, UsageError)
 from engine.qemu import MachineSpec, QemuProcess, find_qemu, find_qemu_img, qemu_version
 from engine.recording import markers as mk
 from engine.recording.events import (CheckpointStored, CheckpointTaken, MarkerRecorded, Notice,
@@ -159,7 +161,8 @@ class Recorder:
                  prover: Prover | None | str = "default", prove: str = "background",
                  on_event: EventCallback | None = None, scratch_dir: str | Path | None = None,
                  queue_limit: int = DEFAULT_QUEUE_LIMIT, qemu_binary: str | None = None,
-                 launch_timeout: float = 60.0, min_free_bytes: int = MIN_FREE_BYTES):
+                 launch_timeout: float = 60.0, min_free_bytes: int = MIN_FREE_BYTES,
+                 stream_hook: Callable[[int, BinaryIO], BinaryIO] | None = None):
         if not (isinstance(interval, (int, float)) and interval > 0):
             raise UsageError(f"--interval must be a positive number of seconds, got {interval!r}")
         if duration is not None and not (isinstance(duration, (int, float)) and duration > 0):
@@ -181,6 +184,9 @@ class Recorder:
         self.qemu_binary = qemu_binary
         self.launch_timeout = launch_timeout
         self.min_free_bytes = min_free_bytes
+        # Fault injection for tests: wraps each checkpoint's VM-state reader
+        # before import (e.g. to store a state that does not restore).
+        self.stream_hook = stream_hook
         if prover == "default":
             self._prover, self._proof_note = default_prover() if prove != "off" else (None, "")
         else:
@@ -257,6 +263,12 @@ class Recorder:
         except BaseException as err:  # noqa: BLE001 - recorded, then re-raised
             error = err
             status = "failed"
+        if isinstance(error, QemuLaunchError) and not self._stored:
+            # QEMU never ran the guest: there is nothing to keep.
+            self._cleanup_scratch()
+            rec.close()
+            shutil.rmtree(rec.path, ignore_errors=True)
+            raise error
         try:
             await self._finish(status, error)
         finally:
@@ -559,6 +571,8 @@ class Recorder:
             try:
                 with rec.store_lock:
                     with open_vmstate(self._image, name) as src:
+                        if self.stream_hook is not None:
+                            src = self.stream_hook(meta["index"], src)
                         return rec.store.import_stream(src, name=name, parent=parent, meta=meta)
             except (Qcow2Error, StreamError) as err:
                 # A torn read of a table QEMU was rewriting; the store rolled back.
