@@ -63,9 +63,11 @@ def test_demo_guest_snapshots_import_from_qcow2_dedup_and_export_loadable(demo_g
         # memchurn rewrites its 32 MiB (8192 pages) over and over; the rest of RAM mostly rests
         assert 100 < second.dirty_pages < second.page_records // 2
         assert second.inter_duplicates > second.new_pages
+        # only new pages cost pack space, never more than the page plus its record header
+        assert second.pack_bytes <= second.new_pages * (4096 + 36)
         # memchurn's pages are random (incompressible): the savings are dedup and zero pages
-        assert second.stored_bytes * 3 < second.raw_bytes
-        assert s.stats().disk_bytes < 0.6 * sum(len(r) for r in raws)
+        assert second.stored_bytes < 0.6 * second.raw_bytes
+        assert s.stats().disk_bytes < 0.8 * sum(len(r) for r in raws)
         assert s.fsck().ok
     target = tmp_path / "restored.mig"
     cli(capsys, "store", "export", str(st), "0001", "-o", str(target))

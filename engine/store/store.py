@@ -76,7 +76,7 @@ DEFAULT_LOCK_TIMEOUT = 30.0
 MAP_CACHE = 4
 
 # Page classes kept per dirty page (the UI's page marks)
-CLASS_NEW, CLASS_ZERO, CLASS_INTRA, CLASS_INTER = 0, 1, 2, 3
+CLASS_NEW, CLASS_ZERO, CLASS_DUP = 0, 1, 3
 
 Progress = Callable[[int, int | None], None]   # (bytes read, total bytes or None)
 
@@ -111,9 +111,9 @@ class CheckpointInfo:
 class PageClasses:
     """A checkpoint's dirty pages of one block, by what their content was."""
 
-    new: array
+    new: array            # content this checkpoint added to the store
     zero: array
-    duplicate: array      # intra- and inter-checkpoint duplicates
+    duplicate: array      # content the store held before this checkpoint
     known: bool = True    # False once a delete re-based the checkpoint (classes lost)
 
 
@@ -530,24 +530,28 @@ class Store:
         """Write the checkpoint's migration stream, byte-identical to the one imported."""
         m = self._manifest(checkpoint_id)
         pm = self.page_map(checkpoint_id)
-        blocks = pm._raw_blocks()
+        blocks = {name: bytes(entries) for name, entries in pm._raw_blocks().items()}
         superseded = mf.read_superseded(m)
         skeleton = mf.read_skeleton(m)
         read_page = self.read_page
         cid = m.id
-        last: list = [None, None]   # block name, its entries
         recent: dict[bytes, bytes] = {}   # pages a stream repeats are read and verified once
+        cur_name: str | None = None
+        cur_map = b""
 
         def source(index: int, block: str, offset: int) -> bytes | None:
-            e = superseded.get(index) if superseded else None
-            if e is None:
-                if block != last[0]:
+            # called once per page record: the hot path of an export
+            nonlocal cur_name, cur_map
+            if superseded and index in superseded:
+                e = superseded[index]
+            else:
+                if block is not cur_name:
                     if block not in blocks:
                         raise IntegrityError(f"stream record {index} is in RAM block {block!r}, "
                                              "which the page map does not have", checkpoint=cid)
-                    last[0], last[1] = block, blocks[block]
+                    cur_name, cur_map = block, blocks[block]
                 p = (offset >> 12) << 4
-                e = bytes(last[1][p:p + ENTRY])
+                e = cur_map[p:p + ENTRY]
             if e == ZERO:
                 return None
             page = recent.get(e)
@@ -614,7 +618,7 @@ class Store:
         st = CheckpointStats()
         try:
             split = self.codec.split_stream(reader)
-            maps, classes, superseded, new_pages = self._ingest(split, parent_blocks, writer, st)
+            maps, superseded, new_pages = self._ingest(split, parent_blocks, writer, st)
             if progress is not None:
                 progress(reader.count, total)
             # the codec reads to the end of the stream and refuses trailing bytes
@@ -650,7 +654,7 @@ class Store:
                        raw_bytes=reader.count, stream_hash=reader.digest(),
                        stats={}, meta=meta)
         blobs = {"skeleton": skeleton,
-                 "delta": mf.encode_delta(delta, {n: _delta_classes(d, classes.get(n)) for n, d in delta.items()})}
+                 "delta": mf.encode_delta(delta, {n: _delta_classes(d, new_pages) for n, d in delta.items()})}
         if keyframe:
             blobs["full"] = mf.encode_full(child)
         if superseded:
@@ -675,7 +679,6 @@ class Store:
         The hot loop of an import (one pass per page record), kept flat on purpose.
         """
         maps: dict[str, bytearray] = {}
-        classes: dict[str, bytearray] = {}
         rec_index: dict[str, array] = {}
         superseded: dict[int, bytes] = {}
         new_pages: dict[bytes, tuple[int, int, int]] = {}
@@ -685,7 +688,7 @@ class Store:
         append_page = writer.append_page
         xxh = _xxh3_128
         cur_block = None
-        m = cls = ri = None
+        m = ri = None
         mlen = 0
         pm: bytes | bytearray = b""
         data_pages = intra = new = 0
@@ -694,7 +697,6 @@ class Store:
             if rec.block != cur_block:
                 cur_block = rec.block
                 m = maps.setdefault(cur_block, bytearray())
-                cls = classes.setdefault(cur_block, bytearray())
                 ri = rec_index.setdefault(cur_block, array("q"))
                 pm = parent_blocks.get(cur_block, b"")
                 mlen = len(m)
@@ -706,7 +708,6 @@ class Store:
                                      f"RAM beyond {mf.MAX_PAGES * PAGE_SIZE >> 30} GiB is not supported")
                 grow = min(max(page + 1, 2 * len(ri)), mf.MAX_PAGES) - len(ri)
                 m += bytes(grow * ENTRY)
-                cls += bytes(grow)
                 ri.extend(array("q", [-1]) * grow)
                 mlen = len(m)
             last_index = rec.index
@@ -717,7 +718,6 @@ class Store:
             data = rec.data
             if data is None:
                 m[pos:pos + ENTRY] = ZERO
-                cls[page] = CLASS_ZERO
                 continue
             data_pages += 1
             if len(data) != PAGE_SIZE:
@@ -726,18 +726,15 @@ class Store:
             h = xxh(data)
             m[pos:pos + ENTRY] = h
             if h in seen:
-                cls[page] = CLASS_INTRA
                 intra += 1
                 continue
             seen_add(h)
             # unchanged since the parent (the common case), or stored by an earlier checkpoint
             if pm[pos:pos + ENTRY] == h or lookup(h) is not None:
-                cls[page] = CLASS_INTER
                 continue
             if h == ZERO or h == ABSENT:
                 raise StoreError(f"page record {rec.index} hashes to a reserved value")
             new_pages[h] = append_page(h, data)
-            cls[page] = CLASS_NEW
             new += 1
         # trim the growth slack to the pages actually seen
         for name, mm in maps.items():
@@ -745,7 +742,6 @@ class Store:
             while last and rec_index[name][last - 1] < 0:
                 last -= 1
             del mm[last * ENTRY:]
-            del classes[name][last:]
         records = last_index + 1
         st.page_records = records
         st.zero_pages = records - data_pages
@@ -754,7 +750,7 @@ class Store:
         st.new_pages = new
         st.intra_duplicates = intra
         st.inter_duplicates = data_pages - new - intra
-        return maps, classes, superseded, new_pages
+        return maps, superseded, new_pages
 
     def _needs_keyframe(self, parent_id: str, dirty: int, child: PageMap) -> bool:
         chain = self.restore_chain(parent_id)
@@ -988,10 +984,14 @@ class Store:
         return fsck(self, verify_pages=verify_pages)
 
 
-def _delta_classes(d: BlockDelta, classes: bytearray | None) -> bytes | None:
-    if classes is None:
-        return None
-    return bytes(classes[i] if i < len(classes) else CLASS_NEW for i in d.indices)
+def _delta_classes(d: BlockDelta, new_pages: dict[bytes, tuple[int, int, int]]) -> bytes:
+    """One class byte per changed page: zero, new to the store, or already stored."""
+    e = d.entries
+    out = bytearray(len(d.indices))
+    for k in range(len(out)):
+        h = e[k * ENTRY:k * ENTRY + ENTRY]
+        out[k] = CLASS_ZERO if h == ZERO else CLASS_NEW if h in new_pages else CLASS_DUP
+    return bytes(out)
 
 
 def _size(path: Path) -> int:
