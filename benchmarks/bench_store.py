@@ -7,11 +7,13 @@ and measures, in the same run:
 
 * size: the store on disk vs the raw streams and vs QEMU's own qcow2 holding
   the same snapshots (target: store <= 1/5 of the qcow2);
-* import time per checkpoint vs reading + ``lz4.frame.compress`` of the same
-  raw stream (target: ratio <= 1);
-* export time per checkpoint (to a file) vs QEMU's ``loadvm`` of the same
-  snapshot from the qcow2 (target: ratio < 1);
-* peak memory (``ru_maxrss`` of the importing / exporting process, and of an
+* import time per checkpoint vs reading + lz4-frame-compressing the same raw
+  stream 1 MiB at a time, measured next to each import (target: ratio <= 1),
+  and the codec's parse alone (the floor of an import);
+* export time per checkpoint (to a sink, and to a file) vs QEMU's ``loadvm``
+  of the same snapshot from the qcow2 (target: ratio < 1), and the codec's
+  reassembly alone (the floor of an export);
+* peak memory (``VmHWM`` of the importing / exporting process, and of an
   idle interpreter with the same modules loaded) vs guest RAM.
 
 Run: ``python -m benchmarks store`` (all four cases, several minutes), or

@@ -64,7 +64,7 @@ def test_demo_guest_snapshots_import_from_qcow2_dedup_and_export_loadable(demo_g
         assert 100 < second.dirty_pages < second.page_records // 2
         assert second.inter_duplicates > second.new_pages
         # only new pages cost pack space, never more than the page plus its record header
-        assert second.pack_bytes <= second.new_pages * (4096 + 36)
+        assert second.pack_bytes <= second.new_pages * (4096 + 36) + 16 * 4   # + new pack headers
         # memchurn's pages are random (incompressible): the savings are dedup and zero pages
         assert second.stored_bytes < 0.6 * second.raw_bytes
         assert s.stats().disk_bytes < 0.8 * sum(len(r) for r in raws)
