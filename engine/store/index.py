@@ -5,11 +5,11 @@ The index is a small log-structured set of immutable *segment* files
 pages it stored; a segment covers the range of segment numbers
 ``[first, last]`` it was built from, and a segment whose range lies inside
 another's has been merged into it and is ignored (deleted by the next
-writer). Segments are merged size-tiered: once four or more of the newest
-segments are of similar size (each at most four times the newer ones
-together), they become one; so a store holds a few segments per factor of
-four in page count (never more than ten) and a page is rewritten a few times
-at most.
+writer). Segments are merged size-tiered: once the four newest segments are
+of one size class (the largest under four times the smallest), they become
+one, a class up. So a page is rewritten once per factor of four the store
+grows by, and a store holds at most three segments per size class (never
+more than ten: past that the newest are merged regardless).
 
 A segment is laid out like git's pack ``.idx`` so it opens in O(1) with
 ``mmap`` and answers a lookup with two ``struct`` reads and one ``find``::
@@ -310,14 +310,23 @@ class Index:
         return len(data)
 
     def _merge_if_due(self) -> None:
-        segs = self._segments  # newest first
-        k = 1
-        while k < len(segs) and segs[k].count <= MERGE_RATIO * sum(s.count for s in segs[:k]):
-            k += 1
-        if k >= MERGE_MIN:
-            self._merge(segs[:k])
-        elif len(segs) > MAX_SEGMENTS:
-            self._merge(segs[:len(segs) - MAX_SEGMENTS + 2])
+        # A merge makes a segment of the next size class, which may in turn
+        # complete a run there: cascade (at most one step per size class).
+        while len(self._segments) > 1:
+            segs = self._segments  # newest first
+            # the newest run of segments of one size class (largest < 4 x smallest)
+            k, lo, hi = 1, segs[0].count, segs[0].count
+            while k < len(segs):
+                c = segs[k].count
+                if max(hi, c) >= MERGE_RATIO * max(min(lo, c), 1):
+                    break
+                lo, hi, k = min(lo, c), max(hi, c), k + 1
+            if k >= MERGE_MIN:
+                self._merge(segs[:k])
+            elif len(segs) > MAX_SEGMENTS:
+                self._merge(segs[:len(segs) - MAX_SEGMENTS + 2])
+            else:
+                return
 
     def _merge(self, segs: list[Segment]) -> None:
         merged: dict[bytes, bytes] = {}
