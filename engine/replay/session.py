@@ -11,9 +11,14 @@ Promises:
 
 * On entry the VM is paused at exactly the checkpoint's instruction count
   (checked with ``query-replay``; a mismatch is a :class:`ReplayError`). The
-  state is streamed out of the page store through a pipe handed to QEMU with
+  state is streamed out of the page store (or from ``source``, e.g. a
+  replay-mode snapshot a debugger took) through a pipe handed to QEMU with
   SCM_RIGHTS (``migrate-incoming fd:``): no temporary stream file, no shell.
   ``restore_s`` says how long that took.
+* No ``loadvm`` in a running replay: QEMU 10 deadlocks there (the vCPU
+  thread waits for the replay mutex that ``load_snapshot``'s run_on_cpu
+  holds; seen 3 of 3 times, and it is the hang behind QEMU's own occasional
+  reverse-stepi hang). Going back means a new session from a stream.
 * The machine is the recorded one, with ``rr=replay``: same command line apart
   from ``rr=`` and the per-run plumbing (``-incoming defer``, ``-S``, a fresh
   VM-state image for snapshots, an optional gdb stub).
@@ -67,9 +72,17 @@ class ReplaySession:
     def __init__(self, rec: Recording, checkpoint: CheckpointEntry, *,
                  gdb: str | None = None, workdir: str | Path | None = None,
                  stall_s: float = DEFAULT_STALL_S, progress: Progress | None = None,
-                 restore_timeout: float = 120.0):
+                 restore_timeout: float = 120.0,
+                 source: Callable[[BinaryIO], object] | None = None,
+                 start_icount: int | None = None):
+        """``source``, when given, writes the state to restore (a migration
+        stream taken from this recording's replay, e.g. a debugger's anchor)
+        instead of the store's copy of ``checkpoint``; ``start_icount`` is then
+        the instruction count that state is at."""
         self.rec = rec
         self.checkpoint = checkpoint
+        self.source = source
+        self.start_icount = checkpoint.icount if start_icount is None else start_icount
         self.gdb = gdb
         self.stall_s = stall_s
         self.restore_timeout = restore_timeout
@@ -109,16 +122,20 @@ class ReplaySession:
         self.vm = QemuProcess(spec, workdir=self.workdir / "qemu",
                               console_path=self.workdir / "console.out", qemu_binary=binary)
         t0 = time.monotonic()
-        self._progress(f"starting replay QEMU for checkpoint {self.checkpoint.index}")
+        self._progress(f"starting replay QEMU for {self._what()}")
         await self.vm.launch()
-        self._progress(f"restoring checkpoint {self.checkpoint.index} "
-                       f"(icount {self.checkpoint.icount}) from the store")
+        self._progress(f"restoring {self._what()} (icount {self.start_icount})")
         await self._load_checkpoint()
         self.restore_s = time.monotonic() - t0
         here = await self.icount()
-        if here != self.checkpoint.icount:
-            raise ReplayError(f"checkpoint {self.checkpoint.index} restored at icount {here}, "
-                              f"but the recording says {self.checkpoint.icount}")
+        if here != self.start_icount:
+            raise ReplayError(f"{self._what()} restored at icount {here}, "
+                              f"but it was taken at {self.start_icount}")
+
+    def _what(self) -> str:
+        if self.source is None:
+            return f"checkpoint {self.checkpoint.index}"
+        return f"the snapshot at icount {self.start_icount}"
 
     async def _load_checkpoint(self) -> None:
         assert self.vm is not None
@@ -134,7 +151,10 @@ class ReplaySession:
             # Runs in a thread: the pipe fills faster than QEMU reads it.
             try:
                 with os.fdopen(wfd, "wb", buffering=1 << 20) as dst:
-                    store.export_stream(self.checkpoint.store_id, dst)
+                    if self.source is not None:
+                        self.source(dst)
+                    else:
+                        store.export_stream(self.checkpoint.store_id, dst)
             except BrokenPipeError:
                 pass  # QEMU gave up reading: its own error says why
             except BaseException as err:  # noqa: BLE001 - reported below
@@ -149,7 +169,7 @@ class ReplaySession:
             while status not in ("completed", "failed"):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ReplayError(f"restoring checkpoint {self.checkpoint.index} did not finish "
+                    raise ReplayError(f"restoring {self._what()} did not finish "
                                       f"within {self.restore_timeout:g} s")
                 try:
                     ev = await events.get(timeout=min(left, 1.0))
@@ -162,9 +182,12 @@ class ReplaySession:
             raise failure[0]
         if status != "completed":
             info = await self.vm.qmp("query-migrate")
-            raise ReplayError(f"QEMU refused checkpoint {self.checkpoint.index} "
+            raise ReplayError(f"QEMU refused {self._what()} "
                               f"({self.checkpoint.store_id}): {info.get('error-desc', status)}\n"
                               f"--- QEMU log ---\n{self.vm.log_tail()}")
+        # An incoming migration leaves block nodes inactive until the first
+        # 'cont'; the VM-state image must be active for savevm at this point.
+        await self.vm.qmp("blockdev-set-active", {"active": True})
 
     async def close(self) -> None:
         vm, self.vm = self.vm, None
@@ -270,6 +293,17 @@ class ReplaySession:
 
     # -- taking the state -------------------------------------------------
 
+    @property
+    def vmstate_image(self) -> Path:
+        """The qcow2 holding this replay's snapshots (it outlives the session
+        when the caller gave the work directory)."""
+        assert self.workdir is not None
+        return self.workdir / "vmstate.qcow2"
+
+    async def save_snapshot(self, name: str) -> None:
+        """``savevm NAME`` into :attr:`vmstate_image` (the VM must be paused)."""
+        await self._vm().hmp(f"savevm {name}", timeout=120)
+
     async def snapshot(self) -> BinaryIO:
         """The paused VM's state now, as a migration stream (savevm in replay mode).
 
@@ -280,6 +314,5 @@ class ReplaySession:
             raise ReplayError("snapshot needs a paused replay")
         self._snapshots += 1
         name = f"sbtui-{self._snapshots}"
-        await vm.hmp(f"savevm {name}", timeout=120)
-        assert self.workdir is not None
-        return await asyncio.to_thread(open_vmstate, self.workdir / "vmstate.qcow2", name)
+        await self.save_snapshot(name)
+        return await asyncio.to_thread(open_vmstate, self.vmstate_image, name)
