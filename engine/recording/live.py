@@ -46,7 +46,7 @@ from qemu.qmp.error import QMPError
 from engine.errors import (QemuDiedError, QemuError, QemuTimeoutError, QmpError, RecordingError,
                            SbtuiError, UsageError)
 from engine.qemu import MachineSpec, QemuProcess, find_qemu, qemu_version
-from engine.recording.events import (CheckpointStored, CheckpointTaken, Notice, RecordingStarted,
+from engine.recording.events import (CheckpointStored, CheckpointTaken, RecordingStarted,
                                      RecordSummary)
 from engine.recording.format import CheckpointEntry, Manifest, Recording
 
@@ -310,8 +310,10 @@ async def _wait_migration(target, events) -> str:
             with contextlib.suppress(SbtuiError):
                 await target.qmp("migrate_cancel")
             return "timeout"
+        # MIGRATION events come only with the 'events' capability, which is the
+        # user's to set: poll, briefly, and take an event when there is one.
         try:
-            ev = await events.get(timeout=min(1.0, left))
+            ev = await events.get(timeout=min(0.02, left))
             status = ev.get("data", {}).get("status", "")
         except QemuTimeoutError:
             status = (await target.qmp("query-migrate")).get("status", "")
