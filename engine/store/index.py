@@ -36,6 +36,7 @@ interrupted append that no checkpoint references.
 
 from __future__ import annotations
 
+import heapq
 import mmap
 import os
 import struct
@@ -85,13 +86,21 @@ def _fanout_bits(count: int) -> int:
 def encode_segment(hashes: list[bytes], entries: list[bytes],
                    pack_lengths: dict[int, int]) -> bytes:
     """Serialise a segment; ``hashes`` sorted, ``entries`` packed ENTRY structs."""
-    count = len(hashes)
+    return encode_segment_blobs(b"".join(hashes), b"".join(entries), pack_lengths)
+
+
+def encode_segment_blobs(hashes: bytes | bytearray, entries: bytes | bytearray,
+                         pack_lengths: dict[int, int]) -> bytes:
+    """Serialise a segment from its sorted hashes and their entries, each concatenated."""
+    count = len(hashes) // 16
+    if len(hashes) != 16 * count or len(entries) != ENTRY.size * count:
+        raise ValueError("hashes and entries differ in count")
     bits = _fanout_bits(count)
     shift = 32 - bits
     buckets = [0] * ((1 << bits) + 1)
     if bits:
-        for h in hashes:
-            buckets[(int.from_bytes(h[:4], "big") >> shift) + 1] += 1
+        for (prefix,) in struct.iter_unpack(">I12x", hashes):
+            buckets[(prefix >> shift) + 1] += 1
     else:
         buckets[1] = count
     total = 0
@@ -100,8 +109,8 @@ def encode_segment(hashes: list[bytes], entries: list[bytes],
         buckets[k] = total
     out = bytearray(IDX_HEADER.pack(IDX_MAGIC, IDX_VERSION, bits, count, len(pack_lengths), 0))
     out += struct.pack(f"<{len(buckets)}I", *buckets)
-    out += b"".join(hashes)
-    out += b"".join(entries)
+    out += hashes
+    out += entries
     for pack_id in sorted(pack_lengths):
         out += PACK_LEN.pack(pack_id, pack_lengths[pack_id])
     out += xxhash.xxh3_128_digest(out)
@@ -329,17 +338,27 @@ class Index:
                 return
 
     def _merge(self, segs: list[Segment]) -> None:
-        merged: dict[bytes, bytes] = {}
+        """One segment from ``segs`` (newest first), streamed: memory stays flat.
+
+        Each segment is already sorted, so a k-way merge suffices; where two
+        hold the same page (only after a crash mid-merge) the newer wins.
+        """
         lengths: dict[int, int] = {}
-        for seg in reversed(segs):  # oldest first, so a newer entry wins
-            merged.update(seg.items())
+        for seg in segs:
             for pid, length in seg.pack_lengths.items():
                 lengths[pid] = max(length, lengths.get(pid, 0))
+        runs = [((h, rank, e) for h, e in seg.items()) for rank, seg in enumerate(segs)]
+        hashes, entries = bytearray(), bytearray()
+        last = None
+        for h, _rank, e in heapq.merge(*runs):
+            if h != last:
+                hashes += h
+                entries += e
+                last = h
         first = min(s.first for s in segs)
-        last = self._next_number()
-        hashes = sorted(merged)
-        data = encode_segment(hashes, [merged[h] for h in hashes], lengths)
-        atomic_write(self.directory / segment_name(first, last), data)
+        data = encode_segment_blobs(hashes, entries, lengths)
+        del hashes, entries
+        atomic_write(self.directory / segment_name(first, self._next_number()), data)
         self.refresh()
         self.remove_superseded()
 
