@@ -18,3 +18,29 @@ from engine.guest import GuestArtifacts, build_demo_guest
 @pytest.fixture(scope="session")
 def demo_guest() -> GuestArtifacts:
     return build_demo_guest()
+
+
+@pytest.fixture(scope="session")
+def demo_recording(demo_guest, tmp_path_factory):
+    """A finished recording of the demo guest running memchurn (128 MiB, a
+    checkpoint every 2 s for about 12 s), made once per session with the
+    recorder's own proofs switched off: the replay and verify tests prove it.
+    Returns the recording's path; tests must not change it (copy it first)."""
+    import asyncio
+
+    from engine.qemu import MachineSpec
+    from engine.recording.format import Recording
+    from engine.recording.recorder import Recorder
+
+    path = tmp_path_factory.mktemp("demo-recording") / "memchurn"
+    spec = MachineSpec(memory_mib=128, kernel=str(demo_guest.kernel),
+                       initrd=str(demo_guest.initrd),
+                       append=demo_guest.append_for("memchurn", duration=600))
+    summary = asyncio.run(Recorder(path, spec, interval=2.0, duration=12.0, prove="off",
+                                   guest_info={"workload": "memchurn"}).run())
+    assert summary.status == "complete", summary
+    rec = Recording.open(path)
+    if "system_map" not in rec.manifest.guest and demo_guest.system_map:
+        rec.add_guest_file("system_map", demo_guest.system_map)
+        rec.save_manifest()
+    return path

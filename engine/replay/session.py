@@ -160,24 +160,21 @@ class ReplaySession:
             except BaseException as err:  # noqa: BLE001 - reported below
                 failure.append(err)
 
-        with self.vm.listen("MIGRATION") as events:
-            await self.vm.qmp("migrate-incoming", {"uri": "fd:checkpoint"})
-            writer = threading.Thread(target=export, name="sbtui-export", daemon=True)
-            writer.start()
-            deadline = time.monotonic() + self.restore_timeout
-            status = ""
-            while status not in ("completed", "failed"):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ReplayError(f"restoring {self._what()} did not finish "
-                                      f"within {self.restore_timeout:g} s")
-                try:
-                    ev = await events.get(timeout=min(left, 1.0))
-                    status = ev.get("data", {}).get("status", "")
-                except QemuTimeoutError:
-                    info = await self.vm.qmp("query-migrate")
-                    status = info.get("status", status)
-            await asyncio.to_thread(writer.join, 30)
+        writer = threading.Thread(target=export, name="sbtui-export", daemon=True)
+        try:
+            with self.vm.listen("MIGRATION") as events:
+                await self.vm.qmp("migrate-incoming", {"uri": "fd:checkpoint"})
+                writer.start()
+                status = await self._wait_incoming(events)
+        except QemuError:
+            # QEMU quits when its incoming stream breaks off; if our side broke
+            # it (a damaged store), that is the error to report.
+            if writer.is_alive() or writer.ident is not None:
+                await asyncio.to_thread(writer.join, 30)
+            if failure:
+                raise failure[0] from None
+            raise
+        await asyncio.to_thread(writer.join, 30)
         if failure:
             raise failure[0]
         if status != "completed":
@@ -188,6 +185,22 @@ class ReplaySession:
         # An incoming migration leaves block nodes inactive until the first
         # 'cont'; the VM-state image must be active for savevm at this point.
         await self.vm.qmp("blockdev-set-active", {"active": True})
+
+    async def _wait_incoming(self, events) -> str:
+        deadline = time.monotonic() + self.restore_timeout
+        status = ""
+        while status not in ("completed", "failed"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ReplayError(f"restoring {self._what()} did not finish "
+                                  f"within {self.restore_timeout:g} s")
+            try:
+                ev = await events.get(timeout=min(left, 1.0))
+                status = ev.get("data", {}).get("status", "")
+            except QemuTimeoutError:
+                info = await self._vm().qmp("query-migrate")
+                status = info.get("status", status)
+        return status
 
     async def close(self) -> None:
         vm, self.vm = self.vm, None
