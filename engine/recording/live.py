@@ -428,7 +428,7 @@ class LiveRecorder:
             raise UsageError(f"--duration must be a positive number of seconds, got {duration!r}")
         if not spec.kernel:
             raise UsageError("the machine has no kernel: give --kernel (or use the demo guest)")
-        self.path = Path(path)
+        self.path = Path(path).absolute()   # QEMU runs in another directory
         self.spec = spec
         self.interval = float(interval)
         self.duration = duration

@@ -171,7 +171,7 @@ class Recorder:
             raise UsageError("the machine has no kernel: give --kernel (or use the demo guest)")
         if prove not in ("background", "end", "off"):
             raise UsageError(f"prove must be 'background', 'end' or 'off', got {prove!r}")
-        self.path = Path(path)
+        self.path = Path(path).absolute()   # QEMU runs in another directory
         self.spec = spec
         self.interval = float(interval)
         self.duration = float(duration) if duration is not None else None
@@ -271,6 +271,14 @@ class Recorder:
             raise error
         try:
             await self._finish(status, error)
+        except asyncio.CancelledError:
+            # Cancelled while draining or proving (a second Ctrl-C): the
+            # manifest already says how the recording ended; stop the proofs.
+            if self._proof_task is not None:
+                self._proof_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(self._proof_task)
+            raise
         finally:
             self._cleanup_scratch()
             rec.close()
@@ -625,6 +633,10 @@ class Recorder:
                 keep.append(raw)
                 continue
             p = mk.place(raw.tsc, self.icount_shift, points[j], after)
+            end = rec.manifest.end_icount
+            if after is None and end is not None:
+                # Past the last checkpoint: somewhere up to where the log ends.
+                p = mk.Placement(min(p.icount, end), False, end)
             e0 = self._stored[j]
             e1 = self._stored[j + 1] if j + 1 < len(self._stored) else None
             if e1 is not None and e1.guest_time_ns > e0.guest_time_ns:
