@@ -258,3 +258,33 @@ async def test_low_disk_space_stops_before_the_disk_is_full(tiny_kernel, tmp_pat
                            min_free_bytes=free * 4).run()
     assert manifest(path)["status"] == "failed"
     assert len(Recording.open(path).checkpoints()) == 1    # checkpoint 0 only
+
+
+async def test_pause_resume_and_checkpoint_now_while_recording(tiny_kernel, tmp_path):
+    """The app's live controls: a checkpoint on demand (returned once stored), pause and
+    resume; a checkpoint of a paused guest leaves it paused."""
+    path = tmp_path / "rec"
+    with tagged_qemus():
+        rec = Recorder(path, tiny_spec(tiny_kernel), interval=60, prove="off")
+        task = asyncio.create_task(rec.run())
+        await wait_for(lambda: checkpoint_lines(path) >= 1, "checkpoint 0", 30)
+        first = await rec.checkpoint_now()
+        second = await rec.checkpoint_now()
+        assert (first.index, second.index) == (1, 2)
+        assert first.store_id != second.store_id and first.icount <= second.icount
+        await rec.pause()
+        await rec.pause()                       # idempotent
+        assert (await rec.vm.qmp("query-status"))["status"] == "paused"
+        third = await rec.checkpoint_now()
+        assert third.index == 3
+        assert (await rec.vm.qmp("query-status"))["status"] == "paused"
+        await rec.resume()
+        assert (await rec.vm.qmp("query-status"))["running"]
+        await rec.send_console("z")
+        await wait_for(lambda: b"got z" in (path / "console.out").read_bytes(), "the echo", 10)
+        rec.stop()
+        summary = await asyncio.wait_for(task, 60)
+    assert summary.checkpoints == 4
+    assert len(summary.downtimes_ms) == 2      # the paused guest's checkpoint paused nothing
+    with pytest.raises(RecordingError, match="not running"):
+        await rec.checkpoint_now()

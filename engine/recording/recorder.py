@@ -202,6 +202,12 @@ class Recorder:
         self._t0 = 0.0                      # monotonic time of the manifest's "created"
         self._queue: asyncio.Queue[_Pending | None] | None = None
         self._monitor = asyncio.Lock()      # one checkpoint or delvm at a time on QMP
+        self._take_lock = asyncio.Lock()
+        self._next_index = 0
+        self._last_checkpoint_at = 0.0
+        self._user_paused = False
+        self._waiters: dict[int, asyncio.Future] = {}
+        self._entries: dict[int, CheckpointEntry] = {}
         self._taken = 0
         self._stored: list[CheckpointEntry] = []
         self._stored_ids: dict[int, str] = {}
@@ -368,16 +374,17 @@ class Recorder:
     async def _checkpoint_loop(self, vm: QemuProcess, exited: asyncio.Task) -> str:
         rec = self.rec
         assert rec is not None
-        await self._take_checkpoint(vm, 0, resume=True)
+        await self._take_next(vm)
         start = time.monotonic()
         end_at = start + self.duration if self.duration is not None else None
-        k = 1
         stop_wait = asyncio.create_task(self._stop_requested.wait())
         try:
             while True:
-                due = start + k * self.interval
+                # The next checkpoint is due an interval after the last one (a
+                # checkpoint_now() in between restarts the interval).
+                due = self._last_checkpoint_at + self.interval
                 deadline = min(due, end_at) if end_at is not None else due
-                timeout = max(0.0, deadline - time.monotonic())
+                timeout = max(0.0, min(deadline - time.monotonic(), self.interval))
                 done, _ = await asyncio.wait({exited, stop_wait}, timeout=timeout,
                                              return_when=asyncio.FIRST_COMPLETED)
                 self._raise_ingest_error()
@@ -392,22 +399,67 @@ class Recorder:
                     self._end_reason = "duration"
                     await self._end_qemu(vm)
                     return "complete"
-                if now < due:
+                if now < self._last_checkpoint_at + self.interval:
+                    continue
+                if self._user_paused:
+                    # A paused guest does not move: no checkpoint until it runs again.
+                    self._last_checkpoint_at = now
                     continue
                 self._check_disk()
                 if self._queue is not None and self._queue.full():
                     self.on_event(Notice(f"ingestion is {self._queue.qsize()} checkpoints behind; "
-                                         f"checkpoint {k} waits for room"))
+                                         f"checkpoint {self._next_index} waits for room"))
                     waited = await self._wait_for_room(exited, stop_wait)
                     if not waited:
                         continue  # QEMU exited or a stop came: the loop handles it
-                await self._take_checkpoint(vm, k, resume=True)
-                k += 1
-                # Keep the cadence; after a late checkpoint the next one is an interval later.
-                if start + k * self.interval < time.monotonic():
-                    start = time.monotonic() - (k - 1) * self.interval
+                await self._take_next(vm)
         finally:
             stop_wait.cancel()
+
+    async def _take_next(self, vm: QemuProcess) -> int:
+        """Take the next checkpoint (periodic or asked for); returns its index."""
+        async with self._take_lock:   # indices are queued in order
+            index = self._next_index
+            self._next_index += 1
+            self._last_checkpoint_at = time.monotonic()
+            await self._take_checkpoint(vm, index, resume=not self._user_paused)
+            return index
+
+    # -- control while recording (the app's LiveControl) ---------------------------
+
+    def _running_vm(self) -> QemuProcess:
+        vm = self.vm
+        if vm is None or not vm.alive or self._qemu_exited:
+            raise RecordingError("the guest is not running")
+        return vm
+
+    async def pause(self) -> None:
+        """Stop the guest's vCPUs until :meth:`resume`; no checkpoints meanwhile. Idempotent."""
+        vm = self._running_vm()
+        async with self._monitor:
+            await vm.qmp("stop", timeout=30)
+            self._user_paused = True
+
+    async def resume(self) -> None:
+        """Let a paused guest run again. Idempotent."""
+        vm = self._running_vm()
+        async with self._monitor:
+            self._user_paused = False
+            await vm.qmp("cont", timeout=30)
+
+    async def checkpoint_now(self) -> CheckpointEntry:
+        """Take a checkpoint at once (the current interval ends early); returns it once stored."""
+        vm = self._running_vm()
+        if self._queue is None:
+            raise RecordingError("the recording has not started yet")
+        index = await self._take_next(vm)
+        done = self._entries.get(index)
+        if done is not None:
+            return done
+        if self._ingest_error is not None:
+            raise self._ingest_error
+        waiter = self._waiters.setdefault(index, asyncio.get_running_loop().create_future())
+        return await waiter
 
     async def _wait_for_room(self, exited: asyncio.Task, stop_wait: asyncio.Task) -> bool:
         assert self._queue is not None
@@ -462,8 +514,10 @@ class Recorder:
             for attempt in range(SAVEVM_RETRIES):
                 t_stop = time.monotonic()
                 with vm.listen("STOP", "RESUME") as events:
-                    # Checkpoint 0: QEMU was started paused (-S), nothing to stop.
-                    if index > 0 or attempt > 0:
+                    # Checkpoint 0: QEMU was started paused (-S), nothing to stop;
+                    # neither is there while the user has paused the guest.
+                    running = (index > 0 or attempt > 0) and not self._user_paused
+                    if running:
                         await vm.qmp("stop", timeout=30)
                     icount = int((await vm.qmp("query-replay", timeout=30))["icount"])
                     offset = await _settled_console_length(vm)
@@ -485,7 +539,7 @@ class Recorder:
                         await vm.qmp("cont", timeout=30)
                     t_end = time.monotonic()
                     downtime += await _paused_seconds(events, fallback=t_end - t_stop,
-                                                      expect_stop=index > 0 or attempt > 0,
+                                                      expect_stop=running,
                                                       expect_resume=resume or not ok)
                 if ok:
                     break
@@ -496,7 +550,7 @@ class Recorder:
         except OSError:
             log_bytes = 0
         downtime_ms = downtime * 1000.0
-        if index > 0:  # checkpoint 0 paused a guest that had not started
+        if running:  # checkpoint 0 and a user-paused guest: nothing that ran was paused
             self._downtimes.append(downtime_ms)
         self._taken = index + 1
         item = _Pending(index, name, icount, wall, downtime_ms, offset, log_bytes)
@@ -518,6 +572,7 @@ class Recorder:
                 if isinstance(err, asyncio.CancelledError):
                     raise
                 self._ingest_error = err
+                self._fail_waiters(err)
                 return
             finally:
                 self._queue.task_done()
@@ -550,6 +605,10 @@ class Recorder:
         self._ingest_times.append(ingest_s)
         lag = self._taken - len(self._stored)
         self._max_lag = max(self._max_lag, lag)
+        self._entries[item.index] = entry
+        waiter = self._waiters.pop(item.index, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(entry)
         await self._delete_snapshot(item.name)
         self.on_event(CheckpointStored(entry, st.dirty_pages, st.new_pages, st.stored_bytes,
                                        st.raw_bytes, ingest_s, lag))
@@ -609,6 +668,12 @@ class Recorder:
                     await vm.hmp(f"delvm {name}", timeout=60)
         except QemuError as err:
             log.debug("delvm %s: %s", name, err)
+
+    def _fail_waiters(self, err: BaseException) -> None:
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(err)
+        self._waiters.clear()
 
     def _raise_ingest_error(self) -> None:
         if self._ingest_error is not None:
@@ -742,6 +807,8 @@ class Recorder:
             if self._ingest_error is not None and error is None:
                 error = self._ingest_error
                 status = "failed"
+        self._fail_waiters(error or RecordingError("the recording ended before the checkpoint "
+                                                   "was stored"))
         _remove_reserve(rec.path / RESERVE_FILE)
         with contextlib.suppress(Exception):
             self._place_markers(final=True)
