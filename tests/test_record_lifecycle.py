@@ -24,6 +24,7 @@ import pytest
 from engine.errors import QemuDiedError, RecordingError
 from engine.qemu import MachineSpec
 from engine.recording.events import CheckpointStored, CheckpointTaken
+from engine.recording import replaylog
 from engine.recording.format import REPLAY_LOG_VERSION, Recording
 from engine.recording.recorder import Recorder
 from test_recording_support import (checkpoint_lines, manifest, sbtui_proc, sbtui_run,
@@ -120,6 +121,9 @@ def test_ctrl_c_leaves_a_valid_interrupted_recording(tiny_kernel, tmp_path):
     assert b"stopping: no new checkpoints" in err
     assert err.count(b"sbtui record: checkpoint ") == summary["checkpoints"]
     assert log_finalized(path)
+    scanned = replaylog.scan(path / "replay.log")
+    assert scanned.complete and scanned.instructions == m["end_icount"]
+    assert scanned.shutdown == "host-qmp-quit"
     assert not (path / ".reserve").exists()
     rec = Recording.open(path)
     assert rec.checkpoints()[-1].icount <= m["end_icount"]
@@ -288,3 +292,21 @@ async def test_pause_resume_and_checkpoint_now_while_recording(tiny_kernel, tmp_
     assert len(summary.downtimes_ms) == 2      # the paused guest's checkpoint paused nothing
     with pytest.raises(RecordingError, match="not running"):
         await rec.checkpoint_now()
+
+
+async def test_a_guest_that_powers_off_ends_a_complete_recording_with_its_end(tiny_kernel, tmp_path):
+    """Power-off ends the recording as complete; the end comes from the log itself."""
+    path = tmp_path / "rec"
+    with tagged_qemus():
+        rec = Recorder(path, tiny_spec(tiny_kernel), interval=0.3, prove="off")
+        task = asyncio.create_task(rec.run())
+        await wait_for(lambda: checkpoint_lines(path) >= 2, "two checkpoints", 30)
+        await rec.send_console("q")          # the tiny guest powers off on 'q'
+        summary = await asyncio.wait_for(task, 60)
+    assert summary.status == "complete"
+    m = manifest(path)
+    assert m["status"] == "complete" and m["error"] is None
+    scanned = replaylog.scan(path / "replay.log")
+    assert scanned.complete and scanned.shutdown == "guest-shutdown"
+    assert m["end_icount"] == scanned.instructions >= Recording.open(path).checkpoints()[-1].icount
+    assert b"bye" in (path / "console.out").read_bytes()

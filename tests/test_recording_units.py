@@ -262,3 +262,39 @@ def test_pack_refuses_a_recording_in_progress(synthetic, tmp_path):
     rec.update(status="recording")
     with pytest.raises(UsageError, match="still being recorded"):
         pack(synthetic, tmp_path / "x.sbtui")
+
+
+# -- the replay log scanner --------------------------------------------------------
+
+def _log(events: bytes, *, finalized: bool = True) -> bytes:
+    import struct
+    return struct.pack(">IQ", 0xE0200C if finalized else 0, 0) + events
+
+
+def test_replay_log_scan_adds_up_instructions_over_every_event_kind(tmp_path):
+    import struct
+    from engine.recording import replaylog as rl
+    ev = bytearray()
+    ev += bytes([rl.EVENT_INSTRUCTION]) + struct.pack(">I", 1000)
+    ev += bytes([rl.EVENT_CLOCK]) + struct.pack(">q", 123456789)
+    ev += bytes([rl.EVENT_CHECKPOINT + 7, rl.EVENT_INTERRUPT, rl.EVENT_EXCEPTION])
+    ev += bytes([rl.EVENT_ASYNC + rl.ASYNC_BH]) + struct.pack(">Q", 5)
+    ev += bytes([rl.EVENT_ASYNC + rl.ASYNC_CHAR_READ, 0]) + struct.pack(">I", 3) + b"abc"
+    ev += bytes([rl.EVENT_CHAR_WRITE]) + struct.pack(">II", 1, 1)
+    ev += bytes([rl.EVENT_RANDOM]) + struct.pack(">II", 0, 4) + b"rand"
+    ev += bytes([rl.EVENT_INSTRUCTION]) + struct.pack(">I", 234)
+    ev += bytes([rl.EVENT_SHUTDOWN + 6, rl.EVENT_END])
+    path = tmp_path / "replay.log"
+    path.write_bytes(_log(bytes(ev)))
+    s = rl.scan(path)
+    assert s.instructions == 1234 and s.complete and s.shutdown == "guest-shutdown"
+    # Still being written: no version word, a torn last event.
+    path.write_bytes(_log(bytes(ev[:-2]) + bytes([rl.EVENT_INSTRUCTION, 0]), finalized=False))
+    s = rl.scan(path)
+    assert s.instructions == 1234 and not s.complete and not s.finalized
+    path.write_bytes(_log(bytes([77])))
+    with pytest.raises(RecordingError, match="offset 12: unknown replay event 77"):
+        rl.scan(path)
+    path.write_bytes(b"\x00\x00\x00\x01" + bytes(8))
+    with pytest.raises(RecordingError, match="version 0x1"):
+        rl.scan(path)

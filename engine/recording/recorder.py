@@ -75,6 +75,7 @@ from engine.errors import (Qcow2Error, QemuDiedError, QemuError, QemuLaunchError
                            RecordingError, SbtuiError, StoreError, StreamError, UsageError)
 from engine.qemu import MachineSpec, QemuProcess, find_qemu, find_qemu_img, qemu_version
 from engine.recording import markers as mk
+from engine.recording import replaylog
 from engine.recording.events import (CheckpointStored, CheckpointTaken, MarkerRecorded, Notice,
                                      ProofFinished, ProofStarted, RecordingStarted, RecordSummary)
 from engine.recording.format import (CONSOLE, DEBUGCON, REPLAY_LOG, CheckpointEntry, Manifest,
@@ -412,7 +413,15 @@ class Recorder:
                     waited = await self._wait_for_room(exited, stop_wait)
                     if not waited:
                         continue  # QEMU exited or a stop came: the loop handles it
-                await self._take_next(vm)
+                try:
+                    await self._take_next(vm)
+                except QemuDiedError:
+                    # The guest powered off in the middle of the checkpoint: that
+                    # checkpoint is lost, the recording is not.
+                    await asyncio.wait({exited}, timeout=5)
+                    if vm.returncode == 0:
+                        return self._qemu_ended(vm)
+                    raise
         finally:
             stop_wait.cancel()
 
@@ -812,8 +821,15 @@ class Recorder:
         _remove_reserve(rec.path / RESERVE_FILE)
         with contextlib.suppress(Exception):
             self._place_markers(final=True)
+        wall_s = round(time.monotonic() - self._t0, 3)
+        if rec.manifest.end_icount is None and self._end_reason == "poweroff":
+            # The guest ended the recording: the log says where.
+            with contextlib.suppress(SbtuiError, OSError):
+                scanned = await asyncio.to_thread(replaylog.scan, rec.log_path)
+                if scanned.complete:
+                    rec.manifest.end_icount = scanned.instructions
         text = _error_text(error) if error is not None else None
-        rec.update(status=status, error=text, wall_s=round(time.monotonic() - self._t0, 3))
+        rec.update(status=status, error=text, wall_s=wall_s)
         if status in ("complete", "interrupted") and error is None:
             if self._prover is not None:
                 await self._run_remaining_proofs()
