@@ -298,3 +298,12 @@ def test_replay_log_scan_adds_up_instructions_over_every_event_kind(tmp_path):
     path.write_bytes(b"\x00\x00\x00\x01" + bytes(8))
     with pytest.raises(RecordingError, match="version 0x1"):
         rl.scan(path)
+
+
+def test_a_recording_from_another_qemu_major_gets_a_clear_error_not_a_hang(synthetic):
+    rec = Recording.open(synthetic)
+    rec.update(qemu_version="9.2.0")
+    out = sbtui("replay", str(synthetic), "--from", "0", check=False)
+    err = out.stderr.decode()
+    assert out.returncode == 1, err
+    assert "recorded with QEMU 9.2.0" in err and "needs QEMU 9.x" in err

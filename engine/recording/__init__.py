@@ -6,4 +6,5 @@
 * ``markers``   guest markers (``sbmark``) placed at instruction counts
 * ``events``    what recorders report while they run, and their summary
 * ``pack``      one file to move a recording; ``open_any`` reads a directory or that file
+* ``replaylog`` reads QEMU's replay log: where a recording ends, whether the log is complete
 """
