@@ -14,7 +14,6 @@ import os
 import socket
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 

@@ -55,13 +55,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import logging
 import os
 import shutil
-import statistics
 import struct
 import subprocess
 import tempfile
@@ -78,8 +76,8 @@ from engine.recording import markers as mk
 from engine.recording import replaylog
 from engine.recording.events import (CheckpointStored, CheckpointTaken, MarkerRecorded, Notice,
                                      ProofFinished, ProofStarted, RecordingStarted, RecordSummary)
-from engine.recording.format import (CONSOLE, DEBUGCON, REPLAY_LOG, CheckpointEntry, Manifest,
-                                     Marker, Recording)
+from engine.recording.format import (DEBUGCON, REPLAY_LOG, CheckpointEntry, Manifest, Marker,
+                                     Recording)
 from engine.stream.qcow2 import list_snapshots, open_vmstate
 
 log = logging.getLogger(__name__)
@@ -147,10 +145,6 @@ class _Pending:
     downtime_ms: float
     console_offset: int
     log_bytes: int            # size of the replay log on disk right after the snapshot
-
-
-class _Stop(Exception):
-    """Internal: the run loop ends (reason in Recorder._end_reason)."""
 
 
 class Recorder:
@@ -229,7 +223,6 @@ class Recorder:
         self._max_lag = 0
         self._stored_bytes = 0
         self._raw_bytes = 0
-        self._proofs = {"verified": 0, "failed": 0, "unproven": 0, "rebuilt": 0}
 
     # -- control from outside ------------------------------------------------
 
@@ -772,14 +765,6 @@ class Recorder:
         after = {cp.index: cp for cp in rec.checkpoints()}.get(index)
         rebuilt = (before is not None and after is not None and after.origin == "rebuilt"
                    and after.store_id != before.store_id)
-        if status == "verified":
-            self._proofs["verified"] += 1
-        elif status == "unproven":
-            self._proofs["unproven"] += 1
-        else:
-            self._proofs["failed"] += 1
-        if rebuilt:
-            self._proofs["rebuilt"] += 1
         self.on_event(ProofFinished(index, status, detail, rebuilt))
 
     async def _run_remaining_proofs(self) -> None:
