@@ -13,6 +13,12 @@ or the replay stalled: the checkpoint's device state does not restore, as with
 the HPET in qemu-facts.md), ``diverged`` (RAM differs at the next checkpoint)
 or ``console`` (the replay wrote something else).
 
+``prove_and_repair(rec, k)`` (the recorder's proof step, run for k = 0, 1, ...
+in order) keeps every checkpoint consistent with the deterministic replay, by
+induction from checkpoint 0: when the replay from a consistent checkpoint k
+reaches k+1's instruction count with RAM that differs from the record-mode
+snapshot k+1, it replaces k+1 by the replay's own state there.
+
 ``rebuild_checkpoint(rec, k)`` replaces a checkpoint whose restore fails: it
 restores checkpoint k-1, replays to checkpoint k's exact instruction count,
 snapshots there in replay mode, stores that state and appends it to the
@@ -32,6 +38,7 @@ from engine.errors import QemuError, ReplayError, SbtuiError
 from engine.recording.format import CheckpointEntry, Recording
 from engine.replay.compare import diff_stream_against
 from engine.replay.session import DEFAULT_STALL_S, ReplaySession
+from engine.stream.qcow2 import open_vmstate
 
 Progress = Callable[[str], None]
 
@@ -46,6 +53,7 @@ class IntervalResult:
     restore_s: float = 0.0
     replay_s: float = 0.0
     compare_s: float = 0.0
+    replaced: int | None = None   # the next checkpoint's index, when it was replaced
 
     @property
     def ok(self) -> bool:
@@ -66,9 +74,37 @@ def _entry(rec: Recording, index: int) -> tuple[CheckpointEntry, CheckpointEntry
     return cps[index], cps.get(index + 1)
 
 
+def _diff_snapshot(image, rec: Recording, store_id: str):
+    with open_vmstate(image, "proof") as stream:
+        return diff_stream_against(stream, rec.store, store_id)
+
+
+def _replace_with_replay_state(rec: Recording, cp: CheckpointEntry, nxt: CheckpointEntry,
+                               image, why: str) -> CheckpointEntry:
+    with open_vmstate(image, "proof") as stream, rec.store_lock:
+        info = rec.store.import_stream(
+            stream, name=f"ck{nxt.index}-replay", parent=cp.store_id,
+            meta={"index": nxt.index, "icount": nxt.icount, "origin": "rebuilt",
+                  "replaces": nxt.store_id})
+    new = dataclasses.replace(nxt, store_id=info.id, origin="rebuilt", proof="unproven",
+                              detail=f"the replay's state at icount {nxt.icount}, from checkpoint "
+                                     f"{cp.index} (replaces {nxt.store_id}, which differed: {why})")
+    rec.append_checkpoint(new)
+    return new
+
+
 async def prove_interval(rec: Recording, index: int, *, stall_s: float = DEFAULT_STALL_S,
-                         progress: Progress | None = None) -> IntervalResult:
-    """Restore checkpoint ``index`` and check that the replay reproduces the recording."""
+                         progress: Progress | None = None,
+                         replace_next: bool = False) -> IntervalResult:
+    """Restore checkpoint ``index`` and check that the replay reproduces the recording.
+
+    With ``replace_next`` (the recorder's repair, for a checkpoint ``index``
+    known to be consistent with the replay), a next checkpoint whose RAM
+    differs from the replay's at its instruction count is replaced by the
+    replay's own state there. Seen here: a record-mode snapshot reported at
+    icount N held the effect of instruction N+1 (1 page of 32,898 differed at
+    N and none at N+1), so restoring it would execute that instruction twice.
+    """
     cp, nxt = _entry(rec, index)
     say = progress or (lambda _m: None)
     if nxt is None and rec.manifest.status == "recording":
@@ -83,14 +119,19 @@ async def prove_interval(rec: Recording, index: int, *, stall_s: float = DEFAULT
                 await rs.run_to(nxt.icount)
                 result.replay_s = time.monotonic() - t0
                 t1 = time.monotonic()
-                stream = await rs.snapshot()
-                try:
-                    diff = await asyncio.to_thread(diff_stream_against, stream, rec.store, nxt.store_id)
-                finally:
-                    stream.close()
+                await rs.save_snapshot("proof")
+                diff = await asyncio.to_thread(_diff_snapshot, rs.vmstate_image, rec, nxt.store_id)
                 result.compare_s = time.monotonic() - t1
                 if diff.equal:
                     result.status, result.detail = "verified", diff.summary()
+                elif replace_next:
+                    new = await asyncio.to_thread(_replace_with_replay_state, rec, cp, nxt,
+                                                  rs.vmstate_image, diff.summary())
+                    result.status = "verified"
+                    result.replaced = new.index
+                    result.detail = (f"checkpoint {nxt.index} replaced by the replay's own state at "
+                                     f"icount {nxt.icount} (the record-mode snapshot differed: "
+                                     f"{diff.summary()})")
                 else:
                     result.status, result.detail = "diverged", (
                         f"RAM at checkpoint {nxt.index} (icount {nxt.icount}): {diff.summary()}")
@@ -161,14 +202,21 @@ async def prove_and_repair(rec: Recording, index: int, *, stall_s: float = DEFAU
     """The recorder's proof step: prove interval ``index``; if checkpoint
     ``index`` does not restore, rebuild it once and prove again. Records the
     outcome in the recording's checkpoint log."""
-    result = await prove_interval(rec, index, stall_s=stall_s, progress=progress)
+    cps = {cp.index: cp for cp in rec.checkpoints()}
+    # Checkpoint ``index`` is consistent with the replay when it is the first, was
+    # itself taken from a replay, or the interval before it verified.
+    consistent = (index == 0 or cps[index].origin == "rebuilt"
+                  or (index - 1 in cps and cps[index - 1].proof == "verified"))
+    result = await prove_interval(rec, index, stall_s=stall_s, progress=progress,
+                                  replace_next=consistent)
     if result.status == "restore" and index > 0:
         try:
             await rebuild_checkpoint(rec, index, stall_s=stall_s, progress=progress)
         except SbtuiError as err:
             result.detail += f"; rebuilding it failed: {err}"
         else:
-            result = await prove_interval(rec, index, stall_s=stall_s, progress=progress)
+            result = await prove_interval(rec, index, stall_s=stall_s, progress=progress,
+                                          replace_next=True)
     cp, _ = _entry(rec, index)
     proof = "verified" if result.ok else ("unproven" if result.status == "unproven" else "failed")
     if proof != cp.proof or result.detail != cp.detail:

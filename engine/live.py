@@ -1,0 +1,142 @@
+"""A guest being recorded right now, as the facade's Session with LiveControl.
+
+:func:`start_live_session` runs a :class:`engine.recording.recorder.Recorder`
+on a private asyncio loop in a long-lived thread (QEMU is launched from that
+thread, so PR_SET_PDEATHSIG lasts as long as the recording) and returns a
+:class:`engine.session.RecordingSession` over the recording it fills; the
+session's ``live`` is a :class:`RecorderControl`.
+
+Promises:
+
+* The app's event loop never waits on the recorder's: ``RecorderControl``'s
+  coroutines hand their work to the recorder's loop and await the answer.
+* ``session.close()`` stops the recording (no new checkpoint, QEMU quits and
+  finalizes the log, ingestion drains, proofs finish or are cut off after
+  ``finish_timeout``), then stops the loop; nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+from engine import api
+from engine.errors import RecordingError
+from engine.recording.format import Recording
+from engine.recording.recorder import Recorder
+from engine.session import RecordingSession
+
+T = TypeVar("T")
+
+
+class _RecorderLoop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="sbtui-recorder",
+                                       daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Awaitable[T]):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+
+class RecorderControl:
+    """``api.LiveControl`` over a running :class:`Recorder`."""
+
+    def __init__(self, recorder: Recorder, loop: _RecorderLoop):
+        self.recorder = recorder
+        self._loop = loop
+
+    async def _on_recorder(self, coro: Awaitable[T]) -> T:
+        return await asyncio.wrap_future(self._loop.submit(coro))
+
+    async def pause(self) -> None:
+        await self._on_recorder(self.recorder.pause())
+
+    async def resume(self) -> None:
+        await self._on_recorder(self.recorder.resume())
+
+    async def checkpoint_now(self) -> api.CheckpointRow:
+        entry = await self._on_recorder(self.recorder.checkpoint_now())
+        return api.CheckpointRow(
+            id=entry.store_id, index=entry.index, icount=entry.icount,
+            guest_time_ns=entry.guest_time_ns, wall_time=time.time(),
+            downtime_ms=entry.downtime_ms, pages_dirty=0, pages_new=0, stored_bytes=0,
+            dup_intra=0, dup_inter=0, zero_pages=0)
+
+    async def go_live(self, checkpoint_id: str) -> None:
+        raise RecordingError("going live from a checkpoint of a recording in progress is not "
+                             "supported; open the finished recording and go live from there")
+
+    async def send_console(self, text: str) -> None:
+        await self._on_recorder(self.recorder.send_console(text))
+
+
+class LiveRecordingSession(RecordingSession):
+    """A RecordingSession whose close() also ends the recording."""
+
+    def __init__(self, rec: Recording, control: RecorderControl, future, loop: _RecorderLoop,
+                 *, name: str, finish_timeout: float, on_finish: Callable[[str], None] | None):
+        super().__init__(rec, name=name, live=control)
+        self._future = future
+        self._rloop = loop
+        self._finish_timeout = finish_timeout
+        self._on_finish = on_finish or (lambda _m: None)
+        self.summary: Any = None
+        self.error: BaseException | None = None
+
+    def close(self) -> None:
+        super().close()
+        control: RecorderControl = self.live
+        try:
+            control.recorder.stop()
+            if not self._future.done():
+                self._on_finish("finishing the recording (quitting QEMU, storing and "
+                                "proving the last checkpoints)...")
+            self.summary = self._future.result(self._finish_timeout)
+        except TimeoutError:
+            self._future.cancel()
+            try:
+                self._future.result(30)
+            except BaseException:  # cancelled: the recorder cleaned up and marked it interrupted
+                pass
+        except BaseException as err:  # the recording failed; the CLI reports it
+            self.error = err
+        finally:
+            self._rloop.close()
+
+
+def start_live_session(recorder: Recorder, *, name: str | None = None,
+                       start_timeout: float = 60.0, finish_timeout: float = 600.0,
+                       on_finish: Callable[[str], None] | None = None) -> LiveRecordingSession:
+    """Start ``recorder`` on its own loop; return the session once the recording exists."""
+    loop = _RecorderLoop()
+    future = loop.submit(recorder.run())
+    deadline = time.monotonic() + start_timeout
+    while recorder.recording is None or recorder.vm is None:
+        if future.done():
+            loop.close()
+            future.result()  # raises the recorder's error
+            raise RecordingError("the recorder ended before the guest started")
+        if time.monotonic() > deadline:
+            recorder.stop()
+            loop.close()
+            raise RecordingError(f"the guest did not start within {start_timeout:g} s")
+        time.sleep(0.05)
+    rec = Recording.open(recorder.recording.path)
+    return LiveRecordingSession(rec, RecorderControl(recorder, loop), future, loop,
+                                name=name or Path(rec.path).name,
+                                finish_timeout=finish_timeout, on_finish=on_finish)
+
+
+__all__ = ["LiveRecordingSession", "RecorderControl", "start_live_session"]
