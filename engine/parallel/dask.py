@@ -1,0 +1,368 @@
+"""The Dask scheduler: interval jobs on a Dask distributed cluster (``--scheduler tcp://HOST:PORT``).
+
+The cluster is the user's (``dask scheduler`` on one host, ``dask worker
+tcp://HOST:8786 --nthreads 1`` on every host with QEMU and sbtui installed;
+one thread per worker process because each job is one QEMU that wants a core
+of its own). Workers need no shared file system: every job travels as bytes
+(:mod:`engine.parallel.job`), the guest's kernel and initrd once per run,
+scattered to every worker.
+
+Promises:
+
+* Before any job is sent, every worker is probed (:func:`probe_workers`):
+  a worker that cannot run jobs (no QEMU, the wrong QEMU major for the
+  recording, no sbtui) stops the run with an error naming the worker's
+  address and what it lacks. A job that still lands on such a worker (one
+  that joined later) fails with the same kind of message.
+* Jobs are Dask futures: ``client.submit`` with ``retries``, a priority that
+  hands out the longest interval first, ``pure=False``; results come back
+  through ``as_completed``. A worker that dies takes nothing with it: the
+  scheduler holds each job's bytes and runs it on another worker (Dask's
+  ``allowed-failures``, default 3; after that the interval fails with
+  ``KilledWorker`` named in its detail). Workers report when a job starts
+  with ``Worker.log_event`` on the topic :data:`TOPIC`, which the client
+  follows (``subscribe_topic``) for the progress bar.
+* Jobs are built on the client in a background thread, in plan order, and
+  submitted one by one as they are ready, so the first interval starts
+  after one export instead of all of them. Streams go lz4-framed.
+* The client connection is closed on every path; nothing is left running
+  on the cluster (unfinished futures are cancelled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import QemuLaunchError, SbtuiError, UsageError
+from engine.parallel.job import JobResult, build_job, guest_files, run_job_bytes
+from engine.parallel.simulate import EventSink, PlannedInterval, SchedulerEvent
+from engine.recording.format import Recording
+
+TOPIC = "sbtui-jobs"
+CONNECT_TIMEOUT_S = 20.0
+PROBE_TIMEOUT_S = 60.0
+TICK_S = 1.0
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError("--scheduler needs Dask: pip install 'sbtui[dask]' "
+                         "(dask[distributed]) on this host and on every worker") from None
+    return distributed
+
+
+def connect(address: str, timeout: float = CONNECT_TIMEOUT_S):
+    """A ``distributed.Client`` for the scheduler at ``address``; a clear error if none answers."""
+    distributed = _distributed()
+    if "://" not in address:
+        address = f"tcp://{address}"
+    try:
+        return distributed.Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError, asyncio.TimeoutError) as err:
+        raise UsageError(f"no Dask scheduler answers at {address} ({err}); start one with "
+                         "'dask scheduler' and give its address") from None
+
+
+# --------------------------------------------------------------------------
+# Probing workers
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WorkerProbe:
+    address: str
+    host: str
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+
+
+def _probe(launch: bool, want_major: int | None) -> dict[str, Any]:
+    """Runs on a worker: can this process run interval jobs?"""
+    t0 = time.monotonic()
+    host = socket.gethostname()
+    try:
+        from engine.parallel.job import scratch_dir
+        from engine.qemu import find_qemu, find_qemu_img, qemu_version
+        binary = find_qemu()
+        version = qemu_version(binary)
+        find_qemu_img()
+        text = ".".join(map(str, version))
+        if want_major is not None and version[0] != want_major:
+            return {"ok": False, "host": host, "seconds": time.monotonic() - t0,
+                    "detail": f"QEMU {text} at {binary}, but the recording needs QEMU {want_major}.x "
+                              "(set SBTUI_QEMU for the worker)"}
+        scratch = scratch_dir()
+        if not os.access(scratch, os.W_OK):
+            return {"ok": False, "host": host, "seconds": time.monotonic() - t0,
+                    "detail": f"cannot write to {scratch}"}
+        detail = f"QEMU {text} at {binary}; scratch in {scratch}"
+        if launch:
+            took = asyncio.run(_launch_test_vm(binary))
+            detail += f"; a test VM started and answered QMP in {took:.2f} s"
+        return {"ok": True, "host": host, "detail": detail, "seconds": time.monotonic() - t0}
+    except SbtuiError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return {"ok": False, "host": host, "detail": first, "seconds": time.monotonic() - t0}
+    except Exception as err:  # noqa: BLE001 - a probe reports, it never takes the worker down
+        return {"ok": False, "host": host, "detail": f"{type(err).__name__}: {err}",
+                "seconds": time.monotonic() - t0}
+
+
+async def _launch_test_vm(binary: str) -> float:
+    from engine.qemu import MachineSpec, QemuProcess
+    t0 = time.monotonic()
+    async with QemuProcess(MachineSpec(memory_mib=32, paused=True), qemu_binary=binary,
+                           launch_timeout=20) as vm:
+        await vm.qmp("query-status", timeout=10)
+    return time.monotonic() - t0
+
+
+def probe_workers(client, *, launch: bool = False, want_major: int | None = None,
+                  timeout: float = PROBE_TIMEOUT_S) -> list[WorkerProbe]:
+    """Probe every worker of the cluster with a small task pinned to it."""
+    distributed = _distributed()
+    workers = client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) \
+        else client.scheduler_info()["workers"]
+    futures = {}
+    for address in sorted(workers):
+        futures[client.submit(_probe, launch, want_major, workers=[address],
+                              allow_other_workers=False, pure=False,
+                              key=f"sbtui-probe-{uuid.uuid4().hex[:12]}")] = address
+    try:
+        with client.as_current():   # distributed.wait finds the client this way
+            distributed.wait(list(futures), timeout=timeout)
+    except (TimeoutError, distributed.TimeoutError):
+        pass
+    out = []
+    for fut, address in futures.items():
+        if not fut.done():
+            fut.cancel()
+            out.append(WorkerProbe(address, "", False, f"the probe did not finish within "
+                                                       f"{timeout:g} s (the worker is busy or stuck)"))
+            continue
+        try:
+            r = fut.result()
+            out.append(WorkerProbe(address, r["host"], r["ok"], r["detail"], r["seconds"]))
+        except Exception as err:  # noqa: BLE001 - the worker is what is reported
+            out.append(WorkerProbe(address, "", False, f"the probe failed: {err}"))
+    return sorted(out, key=lambda p: p.address)
+
+
+def _takes_n_workers(client) -> bool:
+    import inspect
+    try:
+        return "n_workers" in inspect.signature(client.scheduler_info).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------
+# Running jobs
+# --------------------------------------------------------------------------
+
+def dask_job(job_bytes: bytes, guest_bytes: bytes) -> bytes:
+    """The task a Dask worker runs: says it started, then runs the job from bytes."""
+    try:
+        from distributed import get_worker
+        w = get_worker()
+        w.log_event(TOPIC, {"event": "started", "key": _current_key(), "worker": w.address})
+    except (ImportError, ValueError):
+        pass
+    return run_job_bytes(job_bytes, guest_bytes)
+
+
+def _current_key() -> str:
+    try:
+        from distributed.worker import thread_state
+        return str(thread_state.key)
+    except (ImportError, AttributeError):
+        return ""
+
+
+class DaskScheduler:
+    """Interval jobs on the Dask cluster whose scheduler is at ``address``."""
+
+    def __init__(self, address: str, *, retries: int = 2, compress: bool = True):
+        self.address = address if "://" in address else f"tcp://{address}"
+        self.retries = retries
+        self.compress = compress
+        self.name = f"dask:{self.address}"
+        self.slots = 1
+        self._client = None
+
+    def __enter__(self) -> "DaskScheduler":
+        self._client = connect(self.address)
+        info = self._client.scheduler_info()
+        self.slots = max(1, sum(w.get("nthreads", 1) for w in info["workers"].values()))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def run(self, rec: Recording, plan: list[PlannedInterval], analysis: str,
+            params: dict[str, Any], offsets: dict[int, int], events: EventSink) -> None:
+        if self._client is None:
+            with self:
+                return self.run(rec, plan, analysis, params, offsets, events)
+        with self._client.as_current():   # as_completed and wait find the client this way
+            return self._run(rec, plan, analysis, params, offsets, events)
+
+    def _check_workers(self, rec: Recording) -> None:
+        try:
+            major = int(rec.manifest.qemu_version.split(".")[0])
+        except (ValueError, AttributeError):
+            major = None
+        probes = probe_workers(self._client, want_major=major)
+        if not probes:
+            raise UsageError(f"the Dask scheduler at {self.address} has no workers; start some "
+                             f"with 'dask worker {self.address} --nthreads 1'")
+        bad = [p for p in probes if not p.ok]
+        if bad:
+            lines = "; ".join(f"worker {p.address}{f' ({p.host})' if p.host else ''}: {p.detail}"
+                              for p in bad)
+            raise QemuLaunchError(f"{len(bad)} of {len(probes)} Dask workers cannot run interval "
+                                  f"jobs: {lines}")
+
+    def _run(self, rec, plan, analysis, params, offsets, events) -> None:
+        distributed = _distributed()
+        import dask
+        client = self._client
+        self._check_workers(rec)
+        self.slots = max(1, sum(w.get("nthreads", 1)
+                                for w in client.scheduler_info()["workers"].values()))
+        run_id = uuid.uuid4().hex[:8]
+        keys: dict[str, int] = {}
+        started: set[int] = set()
+        inbox: queue.Queue = queue.Queue()
+
+        def on_event(event) -> None:   # called on the client's event loop thread
+            _ts, msg = event
+            if isinstance(msg, dict) and msg.get("key") in keys:
+                inbox.put(("started", keys[msg["key"]], str(msg.get("worker", ""))))
+
+        built: queue.Queue = queue.Queue(maxsize=2)   # bounded: a job is tens of MB
+        stop = threading.Event()
+
+        def builder() -> None:
+            # Own Recording object: the store is not shared across threads.
+            local = Recording.open(rec.path)
+            try:
+                for rank, p in enumerate(plan):
+                    if stop.is_set():
+                        return
+                    try:
+                        job = build_job(local, p.index, analysis, params, offsets=offsets)
+                        item = (rank, p.index, job.encode(compress=self.compress), None)
+                    except SbtuiError as err:
+                        item = (rank, p.index, None, str(err))
+                    while not stop.is_set():
+                        try:
+                            built.put(item, timeout=0.5)
+                            break
+                        except queue.Full:
+                            continue
+            finally:
+                local.close()
+                built.put(None)
+
+        client.subscribe_topic(TOPIC, on_event)
+        guest = client.scatter(guest_files(rec), broadcast=True, hash=False)
+        thread = threading.Thread(target=builder, name="sbtui-job-builder", daemon=True)
+        thread.start()
+        futures: dict[Any, int] = {}
+        pending = distributed.as_completed(loop=client.loop)
+        building = True
+        remaining = len(plan)
+        try:
+            # The jobs carry the checkpoint's state: large by design, and held
+            # by the scheduler so a job outlives the worker it was sent to.
+            with dask.config.set({"distributed.admin.large-graph-warning-threshold": "2GB"}):
+                while remaining:
+                    while building:
+                        try:
+                            item = built.get(timeout=0.05 if futures else TICK_S)
+                        except queue.Empty:
+                            break
+                        if item is None:
+                            building = False
+                            break
+                        rank, index, data, error = item
+                        if error is not None:
+                            events(SchedulerEvent("finished", index, result=JobResult(
+                                index, analysis, "client", error=f"building the job failed: {error}")))
+                            remaining -= 1
+                            continue
+                        key = f"sbtui-{analysis}-{index}-{run_id}"
+                        keys[key] = index
+                        fut = client.submit(dask_job, data, guest, key=key, retries=self.retries,
+                                            priority=len(plan) - rank, pure=False)
+                        futures[fut] = index
+                        pending.add(fut)
+                    self._drain(inbox, started, events)
+                    done = self._next_done(pending, TICK_S if not building else 0.05)
+                    if done is None:
+                        if not building:
+                            events(SchedulerEvent("tick"))
+                        continue
+                    index = futures[done]
+                    self._drain(inbox, started, events)
+                    if index not in started:
+                        events(SchedulerEvent("started", index, worker="a Dask worker"))
+                        started.add(index)
+                    events(SchedulerEvent("finished", index, result=self._result(done, index, analysis)))
+                    remaining -= 1
+        finally:
+            stop.set()
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+            thread.join(timeout=30)
+            try:
+                client.unsubscribe_topic(TOPIC)
+            except Exception:  # noqa: BLE001 - the connection may be gone already
+                pass
+            guest.release()
+
+    @staticmethod
+    def _next_done(pending, timeout: float):
+        # as_completed has no timed next(); poll its queue (it is thread safe).
+        deadline = time.monotonic() + timeout
+        while True:
+            if pending.has_ready():
+                return next(pending)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+
+    @staticmethod
+    def _drain(inbox: queue.Queue, started: set[int], events: EventSink) -> None:
+        while True:
+            try:
+                _kind, index, worker = inbox.get_nowait()
+            except queue.Empty:
+                return
+            if index in started:
+                events(SchedulerEvent("retry", index, detail=f"runs again on {worker}"))
+            started.add(index)
+            events(SchedulerEvent("started", index, worker=worker))
+
+    @staticmethod
+    def _result(fut, index: int, analysis: str) -> JobResult:
+        try:
+            return JobResult.decode(fut.result())
+        except SbtuiError as err:
+            return JobResult(index, analysis, "", error=f"a worker sent a bad result: {err}")
+        except Exception as err:  # noqa: BLE001 - KilledWorker, CancelledError, task exceptions
+            return JobResult(index, analysis, "", error=f"{type(err).__name__}: {err}")
