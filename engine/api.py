@@ -58,6 +58,7 @@ from engine.errors import SbtuiError  # noqa: F401  (named in the contracts abov
 __all__ = [
     "Breakpoint", "BreakpointKind", "CheckpointRow", "Debugger", "DisasmLine",
     "Frame", "GuestState", "LiveControl", "MachineInfo", "Marker", "PageMarks",
+    "AnalysisInfo", "AnalysisView", "IntervalWriteset", "SimulationProgress", "WritesetStep",
     "ProgressCallback", "RamRegion", "RecordingEvent", "RecordingStatus",
     "RecordingView", "Registers", "ReplayProgress", "Session", "StopEvent",
     "StopReason", "Unsubscribe", "decode_bits", "decode_rflags",
@@ -244,6 +245,103 @@ class RecordingView(Protocol):
         """Call ``callback`` (from any thread) whenever the recording changes.
         A saved recording never calls it. Returns a function that stops the
         calls; calling it twice is harmless."""
+        ...
+
+
+# --------------------------------------------------------------------------
+# Analyses of a recording (parallel interval replay, engine.parallel)
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WritesetStep:
+    """One sub-step of an interval replayed by the ``writeset`` analysis."""
+
+    icount: int                 # the sub-step ends at this instruction count
+    pages: array                # main-RAM pages whose content changed in it (sorted, unique)
+
+
+@dataclass(frozen=True)
+class IntervalWriteset:
+    """Where an interval wrote, at finer resolution than its checkpoints.
+
+    ``steps`` split the interval ``[start_icount, end_icount)`` into runs of
+    ``step_icount`` instructions (the last one shorter); the heatmap can draw
+    one column per step. ``working_set`` counts the pages changed in any step:
+    a restore that loaded only those would load ``working_set / ram_pages``
+    of RAM. ``store_dirty`` is how many pages differ between the two
+    checkpoints in the store (``None`` for the last interval).
+    """
+
+    interval: int               # index of the checkpoint the interval starts at
+    start_icount: int
+    end_icount: int | None      # None: the last interval, to the end of the recording
+    step_icount: int
+    steps: tuple[WritesetStep, ...]
+    working_set: int
+    ram_pages: int
+    store_dirty: int | None
+    verified: bool              # the replay reached the recorded end state
+
+    @property
+    def working_set_fraction(self) -> float:
+        return self.working_set / self.ram_pages if self.ram_pages else 0.0
+
+
+@dataclass(frozen=True)
+class AnalysisInfo:
+    """What is stored for one analysis of a recording (``sbtui simulate``)."""
+
+    name: str                   # "verify", "writeset"
+    intervals: int
+    verified: int
+    failed: tuple[int, ...]     # intervals that did not verify
+    wall_s: float
+    scheduler: str              # "local:2", "dask:tcp://host:8786"
+    created: float              # Unix time
+    stale: bool                 # the recording's checkpoints changed since
+
+
+@dataclass(frozen=True)
+class SimulationProgress:
+    """Progress of a running simulation, for a progress bar."""
+
+    total: int
+    done: int
+    running: int
+    failed: int
+    elapsed_s: float
+    eta_s: float | None         # projected seconds left; None while unknown
+    message: str = ""
+
+
+@runtime_checkable
+class AnalysisView(Protocol):
+    """Analyses stored with a recording, and running one. A recording view
+    may implement it too (``isinstance(view, AnalysisView)``); the fake does not
+    have to."""
+
+    def analyses(self) -> list[AnalysisInfo]:
+        """The analyses stored with the recording. Sync, blocking (reads files)."""
+        ...
+
+    def writeset(self, checkpoint_id: str) -> IntervalWriteset | None:
+        """The ``writeset`` of the interval that checkpoint ``checkpoint_id``
+        closes (the interval whose dirty pages ``dirty_pages`` gives), or None
+        when the analysis has not run for it. Sync, blocking.
+        ``NotFoundError`` for an unknown id."""
+        ...
+
+    def writesets(self) -> list[IntervalWriteset]:
+        """Every interval's ``writeset`` that is stored, the last interval
+        (closed by no checkpoint) included. Sync, blocking."""
+        ...
+
+    def simulate(self, analysis: str, *, jobs: int = 1, scheduler: str | None = None,
+                 progress: Callable[[SimulationProgress], None] | None = None) -> AnalysisInfo:
+        """Replay every interval in parallel and run ``analysis`` on it (local
+        processes, or the Dask scheduler at ``scheduler``), storing the results.
+        Sync, blocking for as long as the replays take: call from a thread
+        worker; ``progress`` is called from that thread."""
         ...
 
 

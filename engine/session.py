@@ -142,6 +142,76 @@ class DiskRecordingView:
     def console_text(self, start: int = 0) -> str:
         return self.rec.console_bytes().decode("utf-8", "replace")[start:]
 
+    # -- analyses (api.AnalysisView) ------------------------------------------
+
+    def analyses(self) -> list[api.AnalysisInfo]:
+        from engine.parallel.results import load_report, stored_analyses
+        out = []
+        for name in stored_analyses(self.rec):
+            report = load_report(self.rec, name)
+            if report is None:
+                continue
+            out.append(api.AnalysisInfo(
+                name=name, intervals=report.intervals, verified=report.verified,
+                failed=tuple(report.failed), wall_s=report.wall_s, scheduler=report.scheduler,
+                created=report.created, stale=report.stale))
+        return out
+
+    def writesets(self) -> list[api.IntervalWriteset]:
+        from engine.parallel.analyses import pages_from_bytes
+        from engine.parallel.results import load_report
+        report = load_report(self.rec, "writeset")
+        if report is None or report.stale:
+            return []
+        out = []
+        for r in report.results:
+            o = r.output
+            if not o.get("steps"):
+                continue
+            steps = tuple(api.WritesetStep(icount=int(ic) if ic is not None else -1,
+                                           pages=pages_from_bytes(pages))
+                          for ic, pages in o["steps"])
+            out.append(api.IntervalWriteset(
+                interval=r.index, start_icount=r.start_icount, end_icount=r.end_icount,
+                step_icount=int(o.get("step", 0)), steps=steps,
+                working_set=int(o.get("working_set", 0)), ram_pages=int(o.get("ram_pages", 0)),
+                store_dirty=o.get("store_dirty"), verified=r.ok))
+        return out
+
+    def writeset(self, checkpoint_id: str) -> api.IntervalWriteset | None:
+        sid = self._store_id(checkpoint_id)
+        row = next(r for r in self.checkpoints() if r.id == sid)
+        if row.index == 0:
+            return None   # checkpoint 0 closes no interval
+        return next((w for w in self.writesets() if w.interval == row.index - 1), None)
+
+    def simulate(self, analysis: str, *, jobs: int = 1, scheduler: str | None = None,
+                 progress=None) -> api.AnalysisInfo:
+        from engine.parallel import simulate
+        from engine.parallel.local import LocalScheduler
+
+        def relay(p) -> None:
+            if progress is not None:
+                progress(api.SimulationProgress(total=p.total, done=p.done, running=p.running,
+                                                failed=p.failed, elapsed_s=p.elapsed_s,
+                                                eta_s=p.eta_s, message=p.message))
+
+        # The workers open the recording themselves; this view's store stays its own.
+        rec = Recording.open(self.rec.path)
+        try:
+            if scheduler:
+                from engine.parallel.dask import DaskScheduler
+                with DaskScheduler(scheduler) as cluster:
+                    report = simulate(rec, analysis, cluster, progress=relay)
+            else:
+                report = simulate(rec, analysis, LocalScheduler(jobs), progress=relay)
+        finally:
+            rec.close()
+        return api.AnalysisInfo(name=report.analysis, intervals=report.intervals,
+                                verified=report.verified, failed=tuple(report.failed),
+                                wall_s=report.wall_s, scheduler=report.scheduler,
+                                created=report.created, stale=False)
+
     # -- following a recording that grows -----------------------------------
 
     def subscribe(self, callback: Callable[[api.RecordingEvent], None]) -> api.Unsubscribe:

@@ -27,6 +27,7 @@ VERB_MODULES = (
     "sbtui.verbs.record",
     "sbtui.verbs.attach",
     "sbtui.verbs.recording",
+    "sbtui.verbs.simulate",
     "sbtui.verbs.reserved",
 )
 

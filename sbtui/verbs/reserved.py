@@ -14,7 +14,6 @@ from engine.errors import SbtuiError
 # verb -> (one-line help, issue that brings it)
 RESERVED = {
     "open": ("open a recording in the app", 6),
-    "simulate": ("replay every interval in parallel with an analysis", 7),
 }
 
 
