@@ -232,3 +232,38 @@ async def run_checks(*, kvm_probe: bool = True, kvm_timeout: float = DEFAULT_TIM
                    for n in ("record/replay", "background-snapshot", "qcow2 vmstate")]
     checks += [kvm, gdb_check, guest_check]
     return checks
+
+
+def scheduler_checks(address: str, *, timeout: float = 60.0) -> list[Check]:
+    """``sbtui doctor --scheduler ADDR``: can the Dask cluster at ``address`` run
+    interval jobs? One check for the scheduler, one per worker, each worker
+    probed by a task pinned to it that finds QEMU and qemu-img and starts a
+    small VM (:func:`engine.parallel.dask.probe_workers`)."""
+    started = time.monotonic()
+    try:
+        from engine.parallel.dask import connect, probe_workers
+        client = connect(address)
+    except SbtuiError as err:
+        return [Check("dask scheduler", False, _one_line(err),
+                      fix="start one with 'dask scheduler' (pip install 'sbtui[dask]') and pass "
+                          "its address, e.g. tcp://HOST:8786",
+                      seconds=round(time.monotonic() - started, 2))]
+    try:
+        probes = probe_workers(client, launch=True, timeout=timeout)
+    except Exception as err:  # noqa: BLE001 - checks never raise
+        client.close()
+        return [Check("dask scheduler", False, f"{address}: probing the workers failed: {err}",
+                      seconds=round(time.monotonic() - started, 2))]
+    client.close()
+    took = round(time.monotonic() - started, 2)
+    checks = [Check("dask scheduler", bool(probes),
+                    f"{address}: {len(probes)} worker{'s' if len(probes) != 1 else ''}",
+                    fix=None if probes else f"start workers: 'dask worker {address} --nthreads 1'",
+                    seconds=took)]
+    for p in probes:
+        where = f" ({p.host})" if p.host else ""
+        checks.append(Check(f"worker {p.address}", p.ok, f"{p.address}{where}: {p.detail}",
+                            fix=None if p.ok else "install QEMU 10 and sbtui on that host "
+                                                  f"({SETUP}), or set SBTUI_QEMU for the worker",
+                            seconds=round(p.seconds, 2)))
+    return checks

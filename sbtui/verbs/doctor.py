@@ -1,4 +1,4 @@
-"""``sbtui doctor [--json] [--no-kvm-probe] [--kvm-timeout S]``: check what sbtui relies on.
+"""``sbtui doctor [--json] [--no-kvm-probe] [--kvm-timeout S] [--scheduler ADDR]``: check what sbtui relies on.
 
 Prints one line per check (``ok``, ``warn`` or ``FAIL``, the name, a detail)
 and, under each problem, what to do. ``--json`` prints a list of objects with
@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="only look at /dev/kvm; do not boot the guest under KVM")
     p.add_argument("--kvm-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=f"how long the KVM probe boot may take (default: {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--scheduler", metavar="ADDR",
+                   help="also check that every worker of this Dask cluster (tcp://HOST:PORT) "
+                        "can run interval jobs ('sbtui simulate --scheduler')")
     p.set_defaults(func=_run)
 
 
@@ -39,6 +42,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--kvm-timeout must be between 1 and 300 seconds, got {args.kvm_timeout:g}")
     started = time.monotonic()
     checks = asyncio.run(run_checks(kvm_probe=not args.no_kvm_probe, kvm_timeout=args.kvm_timeout))
+    if args.scheduler:
+        from engine.doctor import scheduler_checks
+        checks += scheduler_checks(args.scheduler)
     ok = can_run(checks)
     if args.json:
         print(json.dumps([c.to_dict() for c in checks], indent=2))

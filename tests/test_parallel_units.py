@@ -1,0 +1,168 @@
+"""Unit tests of the parallel-replay pieces that need no QEMU.
+
+* the interval job's wire format: round trip (raw and lz4), damaged or
+  foreign bytes refused with an error naming the field, a damaged stream
+  caught by its hash;
+* replay-log slices: ranges per interval, a sparse copy that has the shipped
+  bytes at their offsets and zeros elsewhere, the version word set;
+* page hashing and diffs (zero pages, changed pages, the u32 wire form);
+* results stored with a recording: atomic file, merge of partial runs,
+  staleness when checkpoints change; the CLI's list of analyses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from array import array
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from engine.errors import ReplayError
+from engine.parallel import analyses
+from engine.parallel.job import IntervalJob, JobResult
+from engine.parallel.replaylog import MARGIN, read_pieces, slice_ranges, write_sparse
+from engine.recording.format import REPLAY_LOG_VERSION
+from engine.store.pagemap import ZERO
+
+
+def _job(**changes) -> IntervalJob:
+    stream = b"QEVM" + bytes(range(256)) * 40
+    job = IntervalJob(
+        recording="rec", index=3, analysis="verify", params={"step": 5},
+        checkpoint={"index": 3, "store_id": "0003", "icount": 100, "wall_time": 1.0,
+                    "guest_time_ns": 5, "downtime_ms": 1.0},
+        end_icount=200, final_icount=500, spec={"memory_mib": 128}, qemu_version="10.0.2",
+        guest={"kernel": "ab" * 32}, stream=stream, stream_codec="raw", stream_len=len(stream),
+        stream_xxh3=xxhash.xxh3_128_digest(stream), log_pieces=[(0, b"\x00" * 12), (4096, b"x" * 10)],
+        log_size=5000)
+    return dataclasses.replace(job, **changes)
+
+
+def test_a_job_round_trips_raw_and_compressed():
+    job = _job()
+    for compress in (False, True):
+        data = job.encode(compress=compress)
+        back = IntervalJob.decode(data)
+        assert back.stream_bytes() == job.stream
+        assert back.log_pieces == job.log_pieces
+        assert (back.index, back.end_icount, back.params, back.guest) == (3, 200, {"step": 5}, job.guest)
+    assert len(job.encode(compress=True)) < len(job.encode())
+
+
+def test_damaged_or_foreign_job_bytes_are_refused_by_field():
+    data = _job().encode()
+    with pytest.raises(ReplayError, match="bad magic"):
+        IntervalJob.decode(b"XXXXX" + data[5:])
+    with pytest.raises(ReplayError, match="does not decode"):
+        IntervalJob.decode(data[:len(data) // 2])
+    import msgpack
+    body = msgpack.unpackb(data[5:], raw=False)
+    for field, value, message in (("index", "3", "'index' has the wrong type"),
+                                  ("end_icount", True, "'end_icount' has the wrong type"),
+                                  ("format", 99, "format 99 is not supported"),
+                                  ("stream_codec", "zstd", "unknown stream codec")):
+        bad = dict(body, **{field: value})
+        with pytest.raises(ReplayError, match=message):
+            IntervalJob.decode(b"SBJOB" + msgpack.packb(bad, use_bin_type=True))
+    del body["log_size"]
+    with pytest.raises(ReplayError, match="'log_size' is missing"):
+        IntervalJob.decode(b"SBJOB" + msgpack.packb(body, use_bin_type=True))
+
+
+def test_a_stream_damaged_in_transit_is_caught_by_its_hash():
+    job = _job()
+    damaged = bytearray(job.stream)
+    damaged[100] ^= 1
+    with pytest.raises(ReplayError, match="arrived damaged"):
+        dataclasses.replace(job, stream=bytes(damaged)).stream_bytes()
+
+
+def test_a_result_round_trips():
+    r = JobResult(2, "writeset", "tcp://1.2.3.4:5", reached_icount=9, end_pages={"pc.ram": ZERO * 3},
+                  console=b"hi", output={"steps": [[5, b"\x01\x00\x00\x00"]]}, timings={"total_s": 1.5})
+    assert JobResult.decode(r.encode()) == r
+    with pytest.raises(ReplayError):
+        JobResult.decode(b"SBJOB" + r.encode()[5:])
+
+
+def test_slice_ranges_cover_the_interval_and_the_head():
+    offsets = {0: 228, 1: 30_000, 2: 400_000, 3: 2_000_000}
+    size = 3_000_000
+    # early intervals merge with the head
+    assert slice_ranges(offsets, 0, size) == [(0, 30_000 + MARGIN)]
+    assert slice_ranges(offsets, 2, size) == [(0, 65536), (400_000, 2_000_000 + MARGIN)]
+    # the last interval reads to the end of the log
+    assert slice_ranges(offsets, 3, size) == [(0, 65536), (2_000_000, size)]
+
+
+def test_a_sparse_log_holds_the_pieces_at_their_offsets(tmp_path):
+    log = tmp_path / "replay.log"
+    data = bytes(12) + bytes((i * 7) % 251 for i in range(300_000))
+    log.write_bytes(data)
+    pieces = read_pieces(log, [(0, 100), (200_000, 250_000)])
+    assert pieces[0][1][:4] == REPLAY_LOG_VERSION.to_bytes(4, "big")   # set though the log lacks it
+    out = tmp_path / "sparse.log"
+    write_sparse(out, pieces, len(data))
+    got = out.read_bytes()
+    assert len(got) == len(data)
+    assert got[4:100] == data[4:100] and got[200_000:250_000] == data[200_000:250_000]
+    assert got[100:200_000] == bytes(199_900)
+    assert out.stat().st_blocks * 512 < len(data)   # the hole costs nothing
+    with pytest.raises(Exception, match="ends at"):
+        read_pieces(log, [(len(data) - 10, len(data) + 10)])
+
+
+def test_page_hashes_diffs_and_wire_form():
+    page = 4096
+    ram = bytearray(page * 8)
+    ram[page * 3] = 1
+    before = analyses.hash_pages(bytes(ram))
+    assert before[0:16] == ZERO and before[3 * 16:4 * 16] != ZERO
+    ram[page * 5 + 7] = 9
+    ram[page * 3] = 0
+    after = analyses.hash_pages(bytes(ram))
+    changed = analyses.changed_pages(before, after)
+    assert list(changed) == [3, 5]
+    assert analyses.pages_from_bytes(analyses.pages_to_bytes(changed)) == array("I", [3, 5])
+    assert analyses.pages_to_bytes(array("I", [1])) == b"\x01\x00\x00\x00"
+
+
+def test_the_cli_names_exactly_the_engines_analyses():
+    from sbtui.verbs.simulate import ANALYSES as cli
+    assert sorted(cli) == sorted(analyses.ANALYSES)
+    with pytest.raises(Exception, match="no analysis 'nope'"):
+        analyses.get_analysis("nope")
+
+
+def test_results_are_stored_merged_and_marked_stale(tmp_path):
+    from engine.parallel.results import load_report, results_path, save_report
+    from engine.parallel.simulate import IntervalOutcome, SimulationReport
+    from engine.recording.format import CheckpointEntry, Manifest, Recording
+
+    rec = Recording.create(tmp_path / "rec", Manifest(kind="record", spec={}, qemu_version="10.0.2",
+                                                      interval_s=1.0, created=0.0))
+    for i in range(3):
+        rec.append_checkpoint(CheckpointEntry(i, f"000{i}", i * 100, 0.0, 0, 0.0))
+
+    def report(indices, status="verified"):
+        return SimulationReport(recording=str(rec.path), analysis="writeset", scheduler="local:2",
+                                slots=2, params={"step": 10}, intervals=len(indices),
+                                results=[IntervalOutcome(i, status, "d", i * 100, i * 100 + 100,
+                                                         output={"steps": [[5, b"\x01\x00\x00\x00"]]})
+                                         for i in indices])
+
+    save_report(rec, report([0, 1, 2]))
+    assert load_report(rec, "writeset").verified == 3
+    save_report(rec, report([1], status="diverged"))
+    merged = load_report(rec, "writeset")
+    assert [r.index for r in merged.results] == [0, 1, 2] and merged.failed == [1]
+    assert merged.results[0].output["steps"][0][1] == b"\x01\x00\x00\x00"
+    assert not merged.stale
+    rec.append_checkpoint(CheckpointEntry(1, "0009", 100, 0.0, 0, 0.0, origin="rebuilt"))
+    assert load_report(rec, "writeset").stale
+    assert not list(Path(results_path(rec, "writeset").parent).glob(".tmp-*"))
+    results_path(rec, "writeset").write_bytes(b"\x93garbage")
+    with pytest.raises(Exception, match="damaged analysis results"):
+        load_report(rec, "writeset")
