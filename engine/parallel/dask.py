@@ -22,9 +22,12 @@ Promises:
   ``KilledWorker`` named in its detail). Workers report when a job starts
   with ``Worker.log_event`` on the topic :data:`TOPIC`, which the client
   follows (``subscribe_topic``) for the progress bar.
-* Jobs are built on the client in a background thread, in plan order, and
-  submitted one by one as they are ready, so the first interval starts
-  after one export instead of all of them. Streams go lz4-framed.
+* Jobs are built on the client in a background thread, in plan order (the
+  first while the workers are probed), and one job per worker thread is
+  out at a time: Dask binds a task to a worker when it is submitted, and a
+  job queued behind a long interval would leave another worker idle.
+  Streams go lz4-framed unless the scheduler and every worker are on the
+  loopback (``compress=None``, the default).
 * The client connection is closed on every path; nothing is left running
   on the cluster (unfinished futures are cancelled).
 """
@@ -50,6 +53,11 @@ TOPIC = "sbtui-jobs"
 CONNECT_TIMEOUT_S = 20.0
 PROBE_TIMEOUT_S = 60.0
 TICK_S = 1.0
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _distributed():
@@ -192,7 +200,7 @@ def _current_key() -> str:
 class DaskScheduler:
     """Interval jobs on the Dask cluster whose scheduler is at ``address``."""
 
-    def __init__(self, address: str, *, retries: int = 2, compress: bool = True):
+    def __init__(self, address: str, *, retries: int = 2, compress: bool | None = None):
         self.address = address if "://" in address else f"tcp://{address}"
         self.retries = retries
         self.compress = compress
@@ -235,17 +243,22 @@ class DaskScheduler:
             raise QemuLaunchError(f"{len(bad)} of {len(probes)} Dask workers cannot run interval "
                                   f"jobs: {lines}")
 
+    def _workers(self) -> dict[str, dict]:
+        return self._client.scheduler_info()["workers"]
+
     def _run(self, rec, plan, analysis, params, offsets, events) -> None:
         distributed = _distributed()
         import dask
         client = self._client
-        self._check_workers(rec)
-        self.slots = max(1, sum(w.get("nthreads", 1)
-                                for w in client.scheduler_info()["workers"].values()))
         run_id = uuid.uuid4().hex[:8]
         keys: dict[str, int] = {}
         started: set[int] = set()
         inbox: queue.Queue = queue.Queue()
+        compress = self.compress
+        if compress is None:
+            # Compression pays off on a network, not through the loopback.
+            hosts = [self.address, *self._workers()]
+            compress = not all(_is_loopback(a) for a in hosts)
 
         def on_event(event) -> None:   # called on the client's event loop thread
             _ts, msg = event
@@ -264,7 +277,7 @@ class DaskScheduler:
                         return
                     try:
                         job = build_job(local, p.index, analysis, params, offsets=offsets)
-                        item = (rank, p.index, job.encode(compress=self.compress), None)
+                        item = (rank, p.index, job.encode(compress=compress), None)
                     except SbtuiError as err:
                         item = (rank, p.index, None, str(err))
                     while not stop.is_set():
@@ -277,28 +290,40 @@ class DaskScheduler:
                 local.close()
                 built.put(None)
 
-        client.subscribe_topic(TOPIC, on_event)
-        guest = client.scatter(guest_files(rec), broadcast=True, hash=False)
+        # The first job is built while the workers are probed.
         thread = threading.Thread(target=builder, name="sbtui-job-builder", daemon=True)
         thread.start()
         futures: dict[Any, int] = {}
-        pending = distributed.as_completed(loop=client.loop)
-        building = True
-        remaining = len(plan)
+        guest = None
         try:
+            self._check_workers(rec)
+            client.subscribe_topic(TOPIC, on_event)
+            guest = client.scatter(guest_files(rec), broadcast=True, hash=False)
+            pending = distributed.as_completed(loop=client.loop)
+            ready: list = []            # built jobs not yet submitted, in plan order
+            building = True
+            remaining = len(plan)
+            in_flight = 0
             # The jobs carry the checkpoint's state: large by design, and held
             # by the scheduler so a job outlives the worker it was sent to.
             with dask.config.set({"distributed.admin.large-graph-warning-threshold": "2GB"}):
                 while remaining:
-                    while building:
+                    while building and len(ready) < 2:
                         try:
-                            item = built.get(timeout=0.05 if futures else TICK_S)
+                            item = built.get(timeout=0.02 if (futures or ready) else TICK_S)
                         except queue.Empty:
                             break
                         if item is None:
                             building = False
-                            break
-                        rank, index, data, error = item
+                        else:
+                            ready.append(item)
+                    # One job per worker thread at a time: Dask assigns a task
+                    # to a worker when it is submitted, and a job queued behind
+                    # a long interval on a busy worker would leave another idle.
+                    slots = max(1, sum(w.get("nthreads", 1) for w in self._workers().values()))
+                    self.slots = slots
+                    while ready and in_flight < slots:
+                        rank, index, data, error = ready.pop(0)
                         if error is not None:
                             events(SchedulerEvent("finished", index, result=JobResult(
                                 index, analysis, "client", error=f"building the job failed: {error}")))
@@ -310,12 +335,17 @@ class DaskScheduler:
                                             priority=len(plan) - rank, pure=False)
                         futures[fut] = index
                         pending.add(fut)
+                        in_flight += 1
                     self._drain(inbox, started, events)
-                    done = self._next_done(pending, TICK_S if not building else 0.05)
-                    if done is None:
-                        if not building:
-                            events(SchedulerEvent("tick"))
+                    if not in_flight:
+                        if not ready and not building and remaining:
+                            break   # nothing left to run: the builder failed the rest
                         continue
+                    done = self._next_done(pending, TICK_S if not (building and len(ready) < 2) else 0.02)
+                    if done is None:
+                        events(SchedulerEvent("tick"))
+                        continue
+                    in_flight -= 1
                     index = futures[done]
                     self._drain(inbox, started, events)
                     if index not in started:
@@ -333,7 +363,8 @@ class DaskScheduler:
                 client.unsubscribe_topic(TOPIC)
             except Exception:  # noqa: BLE001 - the connection may be gone already
                 pass
-            guest.release()
+            if guest is not None:
+                guest.release()
 
     @staticmethod
     def _next_done(pending, timeout: float):
