@@ -49,6 +49,7 @@ from engine.qemu import gdb_tcp
 from engine.recording.format import CheckpointEntry, Recording
 from engine.replay.session import ReplaySession
 from engine.stream.qcow2 import open_vmstate
+from engine.stream.runstate import copy_with_runstate
 
 T = TypeVar("T")
 
@@ -173,8 +174,9 @@ class ReplayDebugger:
         source = None
         if anchor is not None:
             def source(dst, a=anchor):
+                # An anchor taken where gdb stopped the VM says "debug"; load it paused.
                 with open_vmstate(a.image, a.name) as src:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+                    copy_with_runstate(src, dst, "paused")
         session = ReplaySession(self.rec, cp, gdb=gdb_tcp(port),
                                 workdir=self._workdir / f"replay-{self._sessions}",
                                 progress=lambda m: say(m, -1.0), source=source,
@@ -470,9 +472,9 @@ class ReplayDebugger:
                 self._replay_to(seg_start, progress)
                 last_hit = self._last_hit_before(upper)
                 if last_hit is not None:
-                    icount, stop = last_hit
+                    icount, event = last_hit
                     self._replay_to(icount, progress)
-                    return stop.to_event(icount)
+                    return event
                 if seg_start <= self._checkpoints[0].icount:
                     return api.StopEvent(api.StopReason.START, self._icount, self._gdb.pc(),
                                          "start of the recording: no earlier hit")
@@ -485,9 +487,19 @@ class ReplayDebugger:
         return max(points) if points else None
 
     def _last_hit_before(self, upper: int):
-        """Run forward from here to ``upper`` with breakpoints armed; the last hit."""
+        """Run forward from here to ``upper`` with breakpoints armed; the last hit
+        as ``(icount, StopEvent)``, or None."""
         s = self._s()
         last = None
+        # gdb steps over a breakpoint under the PC when it resumes, so a hit
+        # right where this stretch starts (an anchor taken at a stop) is seen here.
+        pc = self._gdb.pc()
+        for b in self._gdb.breakpoints():
+            if b.enabled and b.kind is api.BreakpointKind.BREAKPOINT and b.address == pc:
+                name, off = self._gdb.symbolize(pc)
+                where = f"{name}+{off:#x}" if name and off else (name or f"{pc:#x}")
+                last = (self._icount, api.StopEvent(api.StopReason.BREAKPOINT, self._icount, pc,
+                                                    f"breakpoint {b.number}, {where}"))
         self._loop.run(s.vm.qmp("replay-break", {"icount": upper}))
         try:
             while True:
@@ -497,7 +509,7 @@ class ReplayDebugger:
                 if icount >= upper or stop.stop_reason not in (api.StopReason.BREAKPOINT,
                                                                api.StopReason.WATCHPOINT):
                     break
-                last = (icount, stop)
+                last = (icount, stop.to_event(icount))
         finally:
             if s.vm.alive:
                 try:
