@@ -1,6 +1,8 @@
 """Recording the demo guest (memchurn) end to end, once per module.
 
-The recording runs with checkpoint proofs in the background and with one
+The guest boots, runs memchurn for a few guest seconds and powers off, which
+ends the recording (so a slow, loaded machine only makes it longer). The
+recording runs with checkpoint proofs in the background and with one
 checkpoint deliberately stored so that it does not restore where the
 recording says (``shift_icount``: its saved instruction counter is moved).
 The tests then check what the recorder promises: checkpoints every interval
@@ -29,9 +31,10 @@ from test_recording_support import sbtui_run, shift_icount, tagged_qemus
 
 pytestmark = pytest.mark.qemu
 
-INTERVAL = 2.0
-DURATION = 14.0
-BAD = 3            # the checkpoint stored so that it does not restore
+INTERVAL = 4.0
+CHURN_S = 20       # guest seconds of memchurn after boot; then the guest powers off
+DURATION = 180.0   # only a safety net: the guest ends the recording
+BAD = 1            # the checkpoint stored so that it does not restore
 
 
 @dataclasses.dataclass
@@ -46,7 +49,7 @@ def demo(demo_guest, tmp_path_factory) -> Demo:
     path = tmp_path_factory.mktemp("record-demo") / "memchurn"
     spec = MachineSpec(memory_mib=128, kernel=str(demo_guest.kernel),
                        initrd=str(demo_guest.initrd),
-                       append=demo_guest.append_for("memchurn", duration=600))
+                       append=demo_guest.append_for("memchurn", duration=CHURN_S))
     events: list = []
     with tagged_qemus():
         summary = asyncio.run(Recorder(path, spec, interval=INTERVAL, duration=DURATION,
@@ -63,12 +66,13 @@ def test_checkpoints_every_interval_with_increasing_icounts(demo):
     assert s.status == "complete" == m.status and m.error is None
     cps = rec.checkpoints()
     assert len(cps) == s.checkpoints
-    assert DURATION / INTERVAL - 1 <= len(cps) <= DURATION / INTERVAL + 1
+    assert len(cps) >= BAD + 2     # boot alone takes several intervals
     assert [c.index for c in cps] == list(range(len(cps)))
     assert cps[0].icount == 0
     icounts = [c.icount for c in cps]
     assert icounts == sorted(set(icounts)), "instruction counts must strictly increase"
-    assert m.end_icount > icounts[-1]
+    assert m.end_icount > icounts[-1]     # from the log: the guest powered off
+    assert rec.log_path.stat().st_size > 0
     walls = [c.wall_time for c in cps]
     gaps = [b - a for a, b in zip(walls, walls[1:])]
     assert all(INTERVAL * 0.8 < g < INTERVAL * 2.5 for g in gaps), gaps
@@ -110,7 +114,7 @@ def test_markers_are_captured_with_exact_icounts(demo):
     # Between checkpoints (a guest that computes, never idles) every marker is
     # exact; after the last one no later checkpoint confirms the clock.
     inside = [m for m in markers if m.icount <= cps[-1].icount]
-    assert len(inside) > 10 and all(m.exact for m in inside), [m for m in inside if not m.exact][:3]
+    assert len(inside) >= 5 and all(m.exact for m in inside), [m for m in inside if not m.exact][:3]
     assert not any(m.exact for m in markers[len(inside):])
     icounts = [m.icount for m in markers]
     assert icounts == sorted(icounts)
