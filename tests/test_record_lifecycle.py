@@ -310,3 +310,20 @@ async def test_a_guest_that_powers_off_ends_a_complete_recording_with_its_end(ti
     assert scanned.complete and scanned.shutdown == "guest-shutdown"
     assert m["end_icount"] == scanned.instructions >= Recording.open(path).checkpoints()[-1].icount
     assert b"bye" in (path / "console.out").read_bytes()
+
+
+async def test_scratch_of_a_recorder_killed_outright_is_removed_by_the_next(tiny_kernel, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = scratch / f"sbtui-rec-{dead.pid}-abcd"
+    orphan.mkdir()
+    (orphan / "vmstate.qcow2").write_bytes(b"x" * 1024)
+    alive = scratch / f"sbtui-rec-{os.getpid()}-efgh"
+    alive.mkdir()
+    with tagged_qemus():
+        await Recorder(tmp_path / "rec", tiny_spec(tiny_kernel), interval=0.2, duration=0.5,
+                       prove="off", scratch_dir=scratch).run()
+    assert not orphan.exists() and alive.exists()
+    assert sorted(p.name for p in scratch.iterdir()) == [alive.name]   # ours went too

@@ -101,6 +101,7 @@ MIN_FREE_BYTES = 64 << 20
 RESERVE_FILE = ".reserve"
 RESERVE_BYTES = 1 << 20
 SAVEVM_RETRIES = 8
+SCRATCH_PREFIX = "sbtui-rec-"
 # Niceness of proof replays while the recording runs (they use leftover CPU).
 PROOF_NICE = 15
 SAVEVM_TIMEOUT = 300.0
@@ -343,7 +344,8 @@ class Recorder:
         rec = self.rec
         assert rec is not None
         base = self.scratch_dir or scratch_base() or rec.path
-        self._scratch = Path(tempfile.mkdtemp(prefix="sbtui-rec-", dir=base))
+        _remove_orphaned_scratch(Path(base))
+        self._scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=base))
         self._image = await asyncio.to_thread(make_vmstate_image, self._scratch / "vmstate.qcow2")
         self._markers = mk.DebugconReader(rec.debugcon_path)
         self._queue = asyncio.Queue(maxsize=self.queue_limit)
@@ -970,6 +972,25 @@ async def _settled_console_length(vm: QemuProcess, timeout: float = 0.5) -> int:
             quiet = 0
         await asyncio.sleep(0 if quiet else 0.001)
     return len(console.output)
+
+
+def _remove_orphaned_scratch(base: Path) -> None:
+    """Remove scratch directories of recorders that were killed outright (their
+    VM-state image would otherwise keep tmpfs memory): the name carries the pid."""
+    try:
+        entries = list(base.glob(f"{SCRATCH_PREFIX}*-*"))
+    except OSError:
+        return
+    for d in entries:
+        pid_text = d.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or not d.is_dir():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # someone else's live process
 
 
 def _replay_children(parent: int) -> set[int]:
