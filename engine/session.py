@@ -96,11 +96,14 @@ class DiskRecordingView:
         with self._lock:
             if key == self._rows_key:
                 return
-            store = self.rec.store
-            infos = {c.id: c for c in store.checkpoints()}
+            entries = self.rec.checkpoints()
+            # The store is opened only once a checkpoint is listed: the recorder
+            # creates it before then, and a reader that opened it first would
+            # race the recorder's own creation of it.
+            infos = {c.id: c for c in self.rec.store.checkpoints()} if entries else {}
             rows = []
             logical = 0
-            for cp in self.rec.checkpoints():
+            for cp in entries:
                 info = infos.get(cp.store_id)
                 st = info.stats if info is not None else None
                 logical += st.raw_bytes if st else 0
