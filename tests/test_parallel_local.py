@@ -140,3 +140,28 @@ def test_writeset_is_consistent_with_the_stores_dirty_pages(demo_recording, tmp_
     assert ws.working_set == stored.outcome(0).output["working_set"]
     assert 0 < ws.working_set_fraction < 1
     assert view.writeset(cps[0].store_id) is None
+
+
+def test_ctrl_c_during_simulate_leaves_no_qemu_and_no_job_files(demo_recording, tmp_path):
+    import signal
+
+    from engine.parallel.job import WORKDIR_PREFIX, scratch_dir
+    from procs import wait_for_qemu
+    from test_recording_support import sbtui_proc
+
+    path = _copy(demo_recording, tmp_path)
+    before = set(scratch_dir().glob(f"{WORKDIR_PREFIX}*"))
+    with tagged_qemus() as tag:
+        proc = sbtui_proc("simulate", str(path), "--analysis", "writeset", "--jobs", "2", tag=tag)
+        try:
+            wait_for_qemu(tag, timeout=60)
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 130, err.decode()
+    assert "interrupted" in err.decode()
+    assert set(scratch_dir().glob(f"{WORKDIR_PREFIX}*")) <= before
+    assert not (path / "analyses").exists()

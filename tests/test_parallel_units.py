@@ -166,3 +166,40 @@ def test_results_are_stored_merged_and_marked_stale(tmp_path):
     results_path(rec, "writeset").write_bytes(b"\x93garbage")
     with pytest.raises(Exception, match="damaged analysis results"):
         load_report(rec, "writeset")
+
+
+# -- the local scheduler when a worker process dies ----------------------------
+
+def dying_job(rec_path: str, index: int, analysis: str, params: dict, offsets: dict) -> bytes:
+    """A worker function that kills its process on the first attempt at each
+    interval (a marker file remembers), or always when ``params['always']``."""
+    import os
+    marker = Path(rec_path) / f"tried-{index}"
+    if params.get("always") or not marker.exists():
+        marker.write_text("x")
+        os._exit(9)
+    return JobResult(index, analysis, f"pid {os.getpid()}", output={"ok": 1}).encode()
+
+
+class _Rec:
+    def __init__(self, path):
+        self.path = path
+
+
+def test_a_local_worker_that_dies_has_its_interval_run_again(tmp_path):
+    from engine.parallel.local import LocalScheduler
+    from engine.parallel.simulate import PlannedInterval
+
+    plan = [PlannedInterval(i, i * 10, i * 10 + 10, 10, 0, 1.0) for i in range(3)]
+    events = []
+    LocalScheduler(2, job_fn=dying_job).run(_Rec(tmp_path), plan, "verify", {}, {}, events.append)
+    finished = {e.index: e.result for e in events if e.kind == "finished"}
+    assert sorted(finished) == [0, 1, 2] and all(r.ok for r in finished.values()), finished
+    assert sorted(e.index for e in events if e.kind == "retry") == [0, 1, 2]   # once each
+    assert sum(1 for e in events if e.kind == "started") == 6
+
+    events.clear()
+    LocalScheduler(1, retries=1, job_fn=dying_job).run(
+        _Rec(tmp_path), plan[:1], "verify", {"always": True}, {}, events.append)
+    (last,) = [e for e in events if e.kind == "finished"]
+    assert not last.result.ok and "died" in last.result.error and "ran 2 times" in last.result.error

@@ -7,23 +7,26 @@ with :func:`engine.parallel.job.run_job`, the code every scheduler runs.
 
 Promises:
 
-* At most ``jobs`` intervals run at once, handed out in the plan's order
-  (longest first); an interval counts as running from the moment it is
-  handed to a free process.
-* A worker process that dies (killed, out of memory) breaks Python's pool:
-  the pool is replaced and every interval that was in it runs again, at most
-  ``retries`` more times each; after that the interval fails with the reason.
+* At most ``jobs`` intervals run at once, each in a long-lived worker
+  process of its own, handed out in the plan's order (longest first); an
+  interval counts as running from the moment it is sent to a free process.
+* A worker process that dies (killed, out of memory) costs only the interval
+  it was running: the process is replaced and that interval runs again, at
+  most ``retries`` more times; after that it fails with the reason. (Python's
+  process pool would lose every job in flight when one process dies.)
 * Processes are started with ``spawn`` (no forked event loops or threads);
-  their QEMUs die with them (``PR_SET_PDEATHSIG``). Ctrl-C cancels what has
-  not started and waits for the pool to wind down.
+  their QEMUs die with them (``PR_SET_PDEATHSIG``). On Ctrl-C or an error the
+  workers get SIGINT (their replays shut QEMU down and remove their files),
+  then SIGKILL if they linger.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import multiprocessing
+import os
+import signal
 from collections import deque
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any
 
@@ -50,67 +53,110 @@ def _local_job(rec_path: str, index: int, analysis: str, params: dict[str, Any],
         rec.close()
 
 
+def _slot_main(conn, job_fn) -> None:
+    """A worker process: run the jobs its scheduler sends until told to stop."""
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if msg is None:
+            return
+        rec_path, index, analysis, params, offsets = msg
+        try:
+            data = job_fn(rec_path, index, analysis, params, offsets)
+        except KeyboardInterrupt:
+            return      # the scheduler is stopping; the job's replay has cleaned up
+        except Exception as err:  # noqa: BLE001 - reported as the interval's failure
+            data = JobResult(index, analysis, worker_name(), error=f"local worker failed: {err}").encode()
+        conn.send(data)
+
+
+class _Slot:
+    """One worker process and the interval it runs."""
+
+    def __init__(self, ctx, job_fn):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_slot_main, args=(child, job_fn), daemon=True,
+                                name="sbtui-local-worker")
+        self.proc.start()
+        child.close()
+        self.index: int | None = None
+
+    def stop(self, timeout: float) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            # Ctrl-C first: the job's replay shuts its QEMU down and removes its files.
+            os.kill(self.proc.pid, signal.SIGINT)
+            self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(10)
+        self.conn.close()
+
+
 class LocalScheduler:
     """``jobs`` local worker processes."""
 
-    def __init__(self, jobs: int = 1, *, retries: int = 2):
+    def __init__(self, jobs: int = 1, *, retries: int = 2, job_fn=None):
+        """``job_fn`` replaces the worker function (a module-level function
+        with ``_local_job``'s signature; tests use it to kill a worker)."""
         if jobs < 1:
             raise UsageError(f"--jobs must be at least 1, got {jobs}")
         self.slots = jobs
         self.retries = retries
         self.name = f"local:{jobs}"
-
-    def _pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.slots, mp_context=multiprocessing.get_context("spawn"))
+        self._job_fn = job_fn or _local_job
 
     def run(self, rec: Recording, plan: list[PlannedInterval], analysis: str,
             params: dict[str, Any], offsets: dict[int, int], events: EventSink) -> None:
+        ctx = multiprocessing.get_context("spawn")
         path = str(Path(rec.path).resolve())
         pending = deque(p.index for p in plan)
         tries: dict[int, int] = {}
-        pool = self._pool()
-        running: dict[concurrent.futures.Future, int] = {}
+        slots: list[_Slot] = []
         try:
-            while pending or running:
-                while pending and len(running) < self.slots:
-                    index = pending.popleft()
-                    tries[index] = tries.get(index, 0) + 1
-                    fut = pool.submit(_local_job, path, index, analysis, params, offsets)
-                    running[fut] = index
-                    events(SchedulerEvent("started", index, worker="a local process"))
-                done, _ = concurrent.futures.wait(running, timeout=TICK_S,
-                                                  return_when=concurrent.futures.FIRST_COMPLETED)
-                if not done:
+            while pending or any(s.index is not None for s in slots):
+                for i in range(self.slots):
+                    if not pending:
+                        break
+                    if i == len(slots):
+                        slots.append(_Slot(ctx, self._job_fn))
+                    slot = slots[i]
+                    if slot.index is None:
+                        index = pending.popleft()
+                        tries[index] = tries.get(index, 0) + 1
+                        slot.conn.send((path, index, analysis, params, offsets))
+                        slot.index = index
+                        events(SchedulerEvent("started", index, worker=f"local process {slot.proc.pid}"))
+                busy = [s for s in slots if s.index is not None]
+                ready = mp_wait([s.conn for s in busy] + [s.proc.sentinel for s in busy],
+                                timeout=TICK_S)
+                if not ready:
                     events(SchedulerEvent("tick"))
                     continue
-                broken = False
-                for fut in done:
-                    index = running.pop(fut)
-                    try:
-                        data = fut.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        self._again(index, tries, pending, events, "its worker process died")
+                for n, slot in enumerate(slots):
+                    if slot.index is None or (slot.conn not in ready and slot.proc.sentinel not in ready):
                         continue
-                    except Exception as err:  # noqa: BLE001 - reported as the interval's failure
-                        events(SchedulerEvent("finished", index, result=JobResult(
-                            index, analysis, "local", error=f"local worker failed: {err}")))
+                    index, slot.index = slot.index, None
+                    try:
+                        data = slot.conn.recv()
+                    except (EOFError, OSError):
+                        # The process died under this interval (and only this one).
+                        code = slot.proc.exitcode
+                        slot.stop(1)
+                        slots[n] = _Slot(ctx, self._job_fn)
+                        self._again(index, tries, pending, events,
+                                    f"its worker process died (exit code {code})")
                         continue
                     events(SchedulerEvent("finished", index, result=JobResult.decode(data)))
-                if broken:
-                    # Every job still in the broken pool is lost with it.
-                    for fut, index in list(running.items()):
-                        self._again(index, tries, pending, events, "its worker pool broke")
-                    running.clear()
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    pool = self._pool()
-        except BaseException:
-            for fut in running:
-                fut.cancel()
-            raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for slot in slots:
+                slot.stop(5 if slot.index is None else 0.1)
 
     def _again(self, index: int, tries: dict[int, int], pending: deque, events: EventSink,
                why: str) -> None:
@@ -119,4 +165,4 @@ class LocalScheduler:
             events(SchedulerEvent("retry", index, detail=why))
         else:
             events(SchedulerEvent("finished", index, result=JobResult(
-                index, "", "local", error=f"{why}, {tries[index]} times")))
+                index, "", "local", error=f"{why}; it ran {tries[index]} times")))
