@@ -12,7 +12,8 @@ Promises:
 * Before any job is sent, every worker is probed (:func:`probe_workers`):
   a worker that cannot run jobs (no QEMU, the wrong QEMU major for the
   recording, no sbtui) stops the run with an error naming the worker's
-  address and what it lacks. A job that still lands on such a worker (one
+  address and what it lacks (a worker too busy to answer within the probe
+  timeout does not: Dask gives it jobs when it is free). A job that still lands on such a worker (one
   that joined later) fails with the same kind of message.
 * Jobs are Dask futures: ``client.submit`` with ``retries``, a priority that
   hands out the longest interval first, ``pure=False``; results come back
@@ -92,6 +93,7 @@ class WorkerProbe:
     ok: bool
     detail: str
     seconds: float = 0.0
+    answered: bool = True       # False: the probe did not run in time (a busy worker)
 
 
 def _probe(launch: bool, want_major: int | None) -> dict[str, Any]:
@@ -156,7 +158,8 @@ def probe_workers(client, *, launch: bool = False, want_major: int | None = None
         if not fut.done():
             fut.cancel()
             out.append(WorkerProbe(address, "", False, f"the probe did not finish within "
-                                                       f"{timeout:g} s (the worker is busy or stuck)"))
+                                                       f"{timeout:g} s (the worker is busy or stuck)",
+                                   answered=False))
             continue
         try:
             r = fut.result()
@@ -200,7 +203,9 @@ def _current_key() -> str:
 class DaskScheduler:
     """Interval jobs on the Dask cluster whose scheduler is at ``address``."""
 
-    def __init__(self, address: str, *, retries: int = 2, compress: bool | None = None):
+    def __init__(self, address: str, *, retries: int = 2, compress: bool | None = None,
+                 probe_timeout: float = PROBE_TIMEOUT_S):
+        self.probe_timeout = probe_timeout
         self.address = address if "://" in address else f"tcp://{address}"
         self.retries = retries
         self.compress = compress
@@ -232,11 +237,13 @@ class DaskScheduler:
             major = int(rec.manifest.qemu_version.split(".")[0])
         except (ValueError, AttributeError):
             major = None
-        probes = probe_workers(self._client, want_major=major)
+        probes = probe_workers(self._client, want_major=major, timeout=self.probe_timeout)
         if not probes:
             raise UsageError(f"the Dask scheduler at {self.address} has no workers; start some "
                              f"with 'dask worker {self.address} --nthreads 1'")
-        bad = [p for p in probes if not p.ok]
+        # A worker busy with someone else's tasks may not answer in time: only
+        # a worker that says it cannot run jobs stops the run.
+        bad = [p for p in probes if p.answered and not p.ok]
         if bad:
             lines = "; ".join(f"worker {p.address}{f' ({p.host})' if p.host else ''}: {p.detail}"
                               for p in bad)

@@ -164,6 +164,10 @@ class IntervalJob:
             "guest_data": dict, "build_s": (float, int),
         }
         kwargs = _checked(body, want, "interval job")
+        for name in ("guest", "guest_data"):
+            if not all(isinstance(k, str) and isinstance(v, (str, bytes))
+                       for k, v in kwargs[name].items()):
+                raise ReplayError(f"interval job: field {name!r} is malformed")
         if kwargs["stream_codec"] not in ("raw", "lz4"):
             raise ReplayError(f"interval job: unknown stream codec {kwargs['stream_codec']!r}")
         pieces = []
