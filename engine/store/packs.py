@@ -202,10 +202,10 @@ class PackReader:
             self._windows.clear()
         return self._read_checked(pack_id, offset, length, digest, checkpoint)
 
-    def _window_bytes(self, pack_id: int, offset: int, length: int):
+    def window(self, pack_id: int, offset: int) -> bytes:
+        """The cached 1 MiB window of the pack holding ``offset`` (shorter at the
+        pack's end; unverified bytes: callers check what they take from it)."""
         w = offset >> WINDOW_BITS
-        if (offset + length - 1) >> WINDOW_BITS != w:
-            return None   # straddles two windows: read it directly
         key = (pack_id, w)
         win = self._windows.get(key)
         if win is None:
@@ -216,9 +216,16 @@ class PackReader:
                     self._windows.pop(next(iter(self._windows)), None)
                 except (RuntimeError, StopIteration):
                     pass
+        return win
+
+    def _window_bytes(self, pack_id: int, offset: int, length: int):
+        w = offset >> WINDOW_BITS
+        if (offset + length - 1) >> WINDOW_BITS != w:
+            return None   # straddles two windows: read it directly
+        win = self.window(pack_id, offset)
         rel = offset - (w << WINDOW_BITS)
         if rel + length > len(win):
-            self._windows.pop(key, None)   # the pack has grown since: read it afresh
+            self._windows.pop((pack_id, w), None)   # the pack has grown since: read it afresh
             return None
         return memoryview(win)[rel:rel + length]
 
@@ -321,16 +328,27 @@ def scan_pack(path: Path, pack_id: int, *, verify: bool = True,
 class PackWriter:
     """Appends records for one import (or gc) under the store lock.
 
-    Records are buffered and written in large chunks by a background thread
-    (``os.write`` releases the GIL, so the disk works while the import goes
-    on parsing and hashing); a pack rolls over once it reaches ``target_size``. ``commit()`` fsyncs every pack touched and
-    returns their lengths, which the index segment then records as
-    committed. ``abort()`` truncates every pack back to where this writer
-    found it and deletes packs it created, leaving the bytes as they were.
+    Two ways in, not to be mixed in one writer:
+
+    * ``append`` / ``append_page`` (gc, tests): the caller's thread builds the
+      records; they are buffered and written in large chunks by a background
+      thread (``os.write`` releases the GIL, so the disk works meanwhile);
+    * ``append_pages`` (imports): batches of pages go to the background
+      thread, which compresses them (lz4 releases the GIL, so compression
+      runs beside the importer's parsing and hashing on another core), lays
+      out the records, writes them and flushes them to disk as it goes; where
+      each page landed is in ``locations`` once ``commit()`` returned.
+
+    A pack rolls over once it reaches ``target_size``. ``commit()`` fsyncs
+    every pack touched and returns their lengths, which the index segment
+    then records as committed. ``abort()`` truncates every pack back to where
+    this writer found it and deletes packs it created, leaving the bytes as
+    they were.
     """
 
     FLUSH_AT = 4 << 20
     MAX_QUEUED = 4
+    SYNC_EVERY = 16 << 20   # background writes ask the disk to catch up this often
 
     def __init__(self, directory: Path, *, next_id: int, tail: tuple[int, int] | None,
                  target_size: int):
@@ -346,6 +364,9 @@ class PackWriter:
         self._created: list[int] = []
         self._lengths: dict[int, int] = {}
         self.bytes_written = 0
+        self.locations: dict[bytes, tuple[int, int, int]] = {}   # append_pages: digest -> where
+        self._direct = False    # True inside the background thread's batches: write, do not queue
+        self._unsynced = 0
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbtui-pack-writer")
         self._pending: deque[Future] = deque()
 
@@ -410,8 +431,35 @@ class PackWriter:
             self._flush()
         return where
 
+    def append_pages(self, batch: list[tuple[bytes, object]]) -> None:
+        """Queue ``(digest, page)`` pairs for the background thread (see the class doc).
+
+        The pages (any bytes-like objects) must stay unchanged until
+        ``commit()``; an error of the background thread comes out of a later
+        call or of ``commit()``.
+        """
+        while len(self._pending) >= self.MAX_QUEUED:   # bound what waits behind a slow disk
+            self._pending.popleft().result()
+        self._pending.append(self._io.submit(self._append_batch, batch))
+
+    def _append_batch(self, batch: list[tuple[bytes, object]]) -> None:
+        self._direct = True
+        locations = self.locations
+        append_page = self.append_page
+        for digest, page in batch:
+            locations[digest] = append_page(digest, page)
+
     def _flush(self) -> None:
         if self._buf and self._fd is not None:
+            if self._direct:   # already in the background thread
+                _write_all(self._fd, self._buf)
+                self._unsynced += len(self._buf)
+                self._buf.clear()
+                if self._unsynced >= self.SYNC_EVERY:
+                    # start the disk on it now, so commit's fsync has little left to wait for
+                    os.fdatasync(self._fd)
+                    self._unsynced = 0
+                return
             # bound the memory queued behind a slow disk
             while len(self._pending) >= self.MAX_QUEUED:
                 self._pending.popleft().result()
@@ -426,15 +474,19 @@ class PackWriter:
     def _close_current(self) -> None:
         if self._fd is not None:
             self._flush()
-            self._drain()
+            if not self._direct:   # the background thread must not wait for itself
+                self._drain()
             os.fsync(self._fd)
             os.close(self._fd)
             self._lengths[self._pack_id] = self._pos
             self._fd = None
+            self._unsynced = 0
 
     def commit(self) -> dict[int, int]:
         """Make every appended record durable; returns {pack id: length}."""
         try:
+            self._drain()            # append_pages batches first: they append and roll packs
+            self._direct = False
             self._close_current()
         finally:
             self._io.shutdown(wait=True)

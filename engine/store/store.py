@@ -47,12 +47,14 @@ import stat
 import threading
 import time
 from array import array
+from bisect import bisect_left
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
+import lz4.block
 import xxhash
 
 from engine.errors import FormatVersionError, IntegrityError, NotFoundError, StoreError, UsageError
@@ -61,10 +63,12 @@ from engine.store.fsutil import (WriterLock, atomic_write, fsync_dir, list_lefto
                                  remove_leftovers)
 from engine.store.index import Index
 from engine.store.manifest import Manifest, checkpoint_id, valid_id
-from engine.store.packs import PackReader, PackWriter, encode_record, iter_pack_ids, pack_name
+from engine.store.packs import (CODEC_LZ4, CODEC_RAW, REC_CHECKED, REC_FIXED, REC_HEADER,
+                                REC_MAGIC, WINDOW_BITS, PackReader, PackWriter, encode_record,
+                                iter_pack_ids, pack_name)
 from engine.store.pagemap import ABSENT, ENTRY, ZERO, BlockDelta, Delta, PageMap, apply, diff
 from engine.store.stats import CheckpointStats, StoreStats
-from engine.stream.model import PAGE_SIZE, RamBlock
+from engine.stream.model import PAGE_SIZE, PageRun, RamBlock
 
 FORMAT_FILE = "FORMAT"
 STORE_VERSION = 1
@@ -81,6 +85,23 @@ CLASS_NEW, CLASS_ZERO, CLASS_DUP = 0, 1, 3
 Progress = Callable[[int, int | None], None]   # (bytes read, total bytes or None)
 
 _xxh3_128 = xxhash.xxh3_128_digest
+_lz4_decompress = lz4.block.decompress
+REC_SIZE = REC_HEADER.size
+_pack_fixed = REC_FIXED.pack
+_WINDOW = 1 << WINDOW_BITS
+_LEN_MASK = (1 << 21) - 1   # export hints: offset << 21 | record length (at most 1 MiB + header)
+_CMP_PAGES = 32   # entries compared with the parent's at once before looking at single pages
+
+
+def _one_record_runs(pages) -> Iterator[PageRun]:
+    """Runs of one record each, for a codec that hands out only ``pages()``."""
+    for rec in pages:
+        data = rec.data
+        if data is not None and len(data) != PAGE_SIZE:
+            raise StoreError(f"page record {rec.index} ({rec.block}+{rec.offset:#x}) "
+                             f"holds {len(data)} bytes, expected {PAGE_SIZE}")
+        yield PageRun(rec.index, rec.block, rec.offset, 1,
+                      memoryview(data) if data is not None else None)
 
 
 @dataclass(frozen=True)
@@ -165,14 +186,31 @@ class _HashingReader:
     def read(self, n: int = -1) -> bytes:
         data = self._src.read(n)
         if data:
-            self._hash.update(data)
-            self.count += len(data)
-            if self._progress is not None:
-                now = time.monotonic()
-                if now >= self._next_report:
-                    self._next_report = now + 0.2
-                    self._progress(self.count, self._total)
+            self._account(data)
         return data
+
+    def readinto(self, buf) -> int:
+        """Like ``read`` into the caller's buffer (saves the codec a copy)."""
+        readinto = getattr(self._src, "readinto", None)
+        if readinto is None:
+            data = self._src.read(len(buf))
+            n = len(data) if data else 0
+            buf[:n] = data or b""
+        else:
+            n = readinto(buf) or 0
+        if n:
+            with memoryview(buf) as view:
+                self._account(view[:n])
+        return n
+
+    def _account(self, data) -> None:
+        self._hash.update(data)
+        self.count += len(data)
+        if self._progress is not None:
+            now = time.monotonic()
+            if now >= self._next_report:
+                self._next_report = now + 0.2
+                self._progress(self.count, self._total)
 
     def digest(self) -> bytes:
         return self._hash.digest()
@@ -241,6 +279,8 @@ class Store:
         self._dir_key: tuple[tuple[int, int], int] | None = None
         self._frozen = False    # True while this object writes: only it changes checkpoints/
         self._sorted: dict[str, Manifest] = {}
+        # where the last export found its pages (see _ExportSource): hints, checked on use
+        self._export_hints: dict[str, tuple[bytes, array, array]] = {}
 
     @contextmanager
     def _writing(self):
@@ -530,48 +570,15 @@ class Store:
         """Write the checkpoint's migration stream, byte-identical to the one imported."""
         m = self._manifest(checkpoint_id)
         pm = self.page_map(checkpoint_id)
-        blocks = {name: bytes(entries) for name, entries in pm._raw_blocks().items()}
-        superseded = mf.read_superseded(m)
+        source = _ExportSource(self, m.id, pm, mf.read_superseded(m))
         skeleton = mf.read_skeleton(m)
-        read_page = self.read_page
-        cid = m.id
-        recent: dict[bytes, bytes] = {}   # pages a stream repeats are read and verified once
-        cur_name: str | None = None
-        cur_map = b""
-
-        def source(index: int, block: str, offset: int) -> bytes | None:
-            # called once per page record: the hot path of an export
-            nonlocal cur_name, cur_map
-            if superseded and index in superseded:
-                e = superseded[index]
-            else:
-                if block is not cur_name:
-                    if block not in blocks:
-                        raise IntegrityError(f"stream record {index} is in RAM block {block!r}, "
-                                             "which the page map does not have", checkpoint=cid)
-                    cur_name, cur_map = block, blocks[block]
-                p = (offset >> 12) << 4
-                e = cur_map[p:p + ENTRY]
-            if e == ZERO:
-                return None
-            page = recent.get(e)
-            if page is not None:
-                return page
-            if e == ABSENT or len(e) != ENTRY:
-                raise IntegrityError(f"page map has no page for stream record {index} "
-                                     f"({block}+{offset:#x})", checkpoint=cid)
-            page = read_page(e, checkpoint=cid)
-            if len(recent) >= 1024:
-                recent.clear()
-            recent[e] = page
-            return page
-
         out = _HashingWriter(dst)
         self.codec.assemble_stream(skeleton, source, out)
         if out.count != m.raw_bytes or out.digest() != m.stream_hash:
             raise IntegrityError(f"exported stream is {out.count} bytes with hash "
                                  f"{out.digest().hex()}, imported one was {m.raw_bytes} bytes "
-                                 f"with hash {m.stream_hash.hex()}", checkpoint=cid)
+                                 f"with hash {m.stream_hash.hex()}", checkpoint=m.id)
+        source.publish()
         return out.count
 
     # -- import ----------------------------------------------------------------
@@ -618,7 +625,7 @@ class Store:
         st = CheckpointStats()
         try:
             split = self.codec.split_stream(reader)
-            maps, superseded, new_pages = self._ingest(split, parent_blocks, writer, st)
+            maps, superseded = self._ingest(split, parent_blocks, writer, st)
             if progress is not None:
                 progress(reader.count, total)
             # the codec reads to the end of the stream and refuses trailing bytes
@@ -627,6 +634,10 @@ class Store:
                                  f"{reader.count} bytes were read")
             skeleton = split.skeleton
             pack_lengths = writer.commit()
+            new_pages = writer.locations
+            if len(new_pages) != st.new_pages:
+                raise StoreError(f"the pack writer placed {len(new_pages)} pages, "
+                                 f"the import stored {st.new_pages}")
         except BaseException:
             writer.abort()
             raise
@@ -676,73 +687,112 @@ class Store:
     def _ingest(self, split, parent_blocks, writer: PackWriter, st: CheckpointStats):
         """Consume the page records: dedup, store new pages, build the child's map.
 
-        The hot loop of an import (one pass per page record), kept flat on purpose.
+        The hot loop of an import. It works on runs of records (the codec's
+        ``runs()``; a codec with only ``pages()`` gets one-record runs), so
+        Python's work is per run and per *changed* page: zero runs are one
+        slice assignment, a data run's hashes are compared with the parent's
+        entries for the same pages in bulk (memcmp), and only pages that
+        differ from the parent are looked up and perhaps compressed.
         """
         maps: dict[str, bytearray] = {}
         rec_index: dict[str, array] = {}
         superseded: dict[int, bytes] = {}
-        new_pages: dict[bytes, tuple[int, int, int]] = {}
         seen: set[bytes] = set()
         seen_add = seen.add
+        seen_update = seen.update
         lookup = self._index.lookup
-        append_page = writer.append_page
+        append_pages = writer.append_pages
         xxh = _xxh3_128
+        runs = split.runs() if hasattr(split, "runs") else _one_record_runs(split.pages())
         cur_block = None
         m = ri = None
         mlen = 0
         pm: bytes | bytearray = b""
         data_pages = intra = new = 0
-        last_index = -1
-        for rec in split.pages():
-            if rec.block != cur_block:
-                cur_block = rec.block
+        records = 0
+        for run in runs:
+            if run.block != cur_block:
+                cur_block = run.block
                 m = maps.setdefault(cur_block, bytearray())
                 ri = rec_index.setdefault(cur_block, array("q"))
                 pm = parent_blocks.get(cur_block, b"")
                 mlen = len(m)
-            page = rec.offset >> 12
+            n = run.count
+            page = run.offset >> 12
+            end = page + n
             pos = page << 4
-            if pos >= mlen:
-                if page >= mf.MAX_PAGES:
-                    raise StoreError(f"page record {rec.index} is at {rec.block}+{rec.offset:#x}: "
-                                     f"RAM beyond {mf.MAX_PAGES * PAGE_SIZE >> 30} GiB is not supported")
-                grow = min(max(page + 1, 2 * len(ri)), mf.MAX_PAGES) - len(ri)
+            epos = end << 4
+            if n <= 0 or run.index != records:
+                raise StoreError(f"the codec handed out a run of {n} records starting with "
+                                 f"record {run.index}, expected record {records}")
+            if epos > mlen:
+                if end > mf.MAX_PAGES:
+                    raise StoreError(f"page record {run.index + mf.MAX_PAGES - page} is at "
+                                     f"{run.block}+{mf.MAX_PAGES * PAGE_SIZE:#x}: RAM beyond "
+                                     f"{mf.MAX_PAGES * PAGE_SIZE >> 30} GiB is not supported")
+                grow = min(max(end, 2 * len(ri)), mf.MAX_PAGES) - len(ri)
                 m += bytes(grow * ENTRY)
                 ri.extend(array("q", [-1]) * grow)
                 mlen = len(m)
-            last_index = rec.index
-            old = ri[page]
-            if old >= 0:   # the stream sent this page before: keep that record's content
-                superseded[old] = bytes(m[pos:pos + ENTRY])
-            ri[page] = last_index
-            data = rec.data
-            if data is None:
-                m[pos:pos + ENTRY] = ZERO
+            if max(ri[page:end]) >= 0:
+                # the stream sent some of these pages before: keep those records' content
+                for k in range(page, end):
+                    old = ri[k]
+                    if old >= 0:
+                        superseded[old] = bytes(m[k << 4:(k << 4) + ENTRY])
+            ri[page:end] = array("q", range(records, records + n))
+            records += n
+            d = run.data
+            if d is None:
+                m[pos:epos] = ZERO * n
                 continue
-            data_pages += 1
-            if len(data) != PAGE_SIZE:
-                raise StoreError(f"page record {rec.index} ({rec.block}+{rec.offset:#x}) "
-                                 f"holds {len(data)} bytes, expected {PAGE_SIZE}")
-            h = xxh(data)
-            m[pos:pos + ENTRY] = h
-            if h in seen:
-                intra += 1
+            data_pages += n
+            o, stride = run.start, run.stride
+            if o < 0 or len(d) < o + (n - 1) * stride + PAGE_SIZE:
+                raise StoreError(f"page records {run.index}..{run.index + n - 1} "
+                                 f"({run.block}+{run.offset:#x}): the codec's run holds "
+                                 f"{len(d)} bytes, too few for {n} pages")
+            hashes = [xxh(d[q:q + PAGE_SIZE]) for q in range(o, o + n * stride, stride)]
+            hs = b"".join(hashes)
+            m[pos:epos] = hs
+            old_entries = pm[pos:epos]
+            if hs == old_entries:
+                # unchanged since the parent (the common case): no page is new
+                before = len(seen)
+                seen_update(hashes)
+                intra += n - (len(seen) - before)
                 continue
-            seen_add(h)
-            # unchanged since the parent (the common case), or stored by an earlier checkpoint
-            if pm[pos:pos + ENTRY] == h or lookup(h) is not None:
-                continue
-            if h == ZERO or h == ABSENT:
-                raise StoreError(f"page record {rec.index} hashes to a reserved value")
-            new_pages[h] = append_page(h, data)
-            new += 1
+            batch = []
+            for a in range(0, n, _CMP_PAGES):
+                b = min(a + _CMP_PAGES, n)
+                if hs[a << 4:b << 4] == old_entries[a << 4:b << 4]:
+                    before = len(seen)
+                    seen_update(hashes[a:b])
+                    intra += b - a - (len(seen) - before)
+                    continue
+                for k in range(a, b):
+                    h = hashes[k]
+                    if h in seen:
+                        intra += 1
+                        continue
+                    seen_add(h)
+                    # the parent's page here, or stored by an earlier checkpoint
+                    if old_entries[k << 4:(k << 4) + ENTRY] == h or lookup(h) is not None:
+                        continue
+                    if h == ZERO or h == ABSENT:
+                        raise StoreError(f"page record {run.index + k} hashes to a reserved value")
+                    q = o + k * stride
+                    batch.append((h, d[q:q + PAGE_SIZE]))
+            if batch:
+                # compressed and written by the pack writer's thread, beside this loop
+                append_pages(batch)
+                new += len(batch)
         # trim the growth slack to the pages actually seen
         for name, mm in maps.items():
             last = len(rec_index[name])
             while last and rec_index[name][last - 1] < 0:
                 last -= 1
             del mm[last * ENTRY:]
-        records = last_index + 1
         st.page_records = records
         st.zero_pages = records - data_pages
         st.data_pages = data_pages
@@ -750,7 +800,7 @@ class Store:
         st.new_pages = new
         st.intra_duplicates = intra
         st.inter_duplicates = data_pages - new - intra
-        return maps, superseded, new_pages
+        return maps, superseded
 
     def _needs_keyframe(self, parent_id: str, dirty: int, child: PageMap) -> bool:
         chain = self.restore_chain(parent_id)
@@ -982,6 +1032,200 @@ class Store:
         """Check every pack record, index entry and manifest; see :mod:`engine.store.fsck`."""
         from engine.store.fsck import fsck
         return fsck(self, verify_pages=verify_pages)
+
+
+class _ExportSource:
+    """The pages of one checkpoint for the codec's reassembly.
+
+    Answers per run of records (``runs``): a stretch of zero entries in the
+    page map is one count, found by comparing entries in bulk; each data
+    page is located, read through the pack reader's windows and verified
+    (record header and the page's hash) in a tight loop. Locations come from
+    the previous export of this :class:`Store` where the page map holds the
+    same entry there (consecutive checkpoints share most pages), else from
+    the index. Anything unusual on that path (a page the index does not know,
+    a window that does not hold the record, a record or page that does not
+    match) goes to :meth:`Store.read_page`, which refreshes the index,
+    re-reads the record from the file and raises the :class:`IntegrityError`
+    naming checkpoint, pack and offset. Called per record (the plain
+    page-source protocol) by a codec that knows no runs.
+    """
+
+    RECENT = 1024   # pages a stream repeats are read and verified once
+
+    def __init__(self, store: Store, cid: str, pm: PageMap, superseded: dict[int, bytes]):
+        self.store = store
+        self.cid = cid
+        self.blocks = {name: bytes(entries) for name, entries in pm._raw_blocks().items()}
+        self.superseded = superseded
+        self.superseded_at = sorted(superseded)
+        self.read_page = store.read_page
+        self.lookup = store._index.lookup
+        self.window = store._packs.window
+        self.recent: dict[bytes, bytes] = {}
+        self.cur_name: str | None = None
+        self.cur_map = b""
+        # where the previous export found its pages, and where this one finds them:
+        # per block (entries, pack ids, offset << 21 | record length), 0 = not known
+        self.old_hints = store._export_hints
+        self.hints: dict[str, tuple[bytes, array, array]] = {}
+
+    def publish(self) -> None:
+        """Keep this export's page locations for the next one (after it succeeded)."""
+        with self.store._mutex:
+            self.store._export_hints = self.hints
+
+    def _map(self, index: int, block: str) -> bytes:
+        if block is not self.cur_name:
+            if block not in self.blocks:
+                raise IntegrityError(f"stream record {index} is in RAM block {block!r}, "
+                                     "which the page map does not have", checkpoint=self.cid)
+            self.cur_name, self.cur_map = block, self.blocks[block]
+        return self.cur_map
+
+    def _page(self, e: bytes, index: int, block: str, offset: int) -> bytes:
+        page = self.recent.get(e)
+        if page is not None:
+            return page
+        if e == ABSENT or len(e) != ENTRY:
+            raise IntegrityError(f"page map has no page for stream record {index} "
+                                 f"({block}+{offset:#x})", checkpoint=self.cid)
+        page = self.read_page(e, checkpoint=self.cid)
+        recent = self.recent
+        if len(recent) >= self.RECENT:
+            recent.clear()
+        recent[e] = page
+        return page
+
+    def __call__(self, index: int, block: str, offset: int) -> bytes | None:
+        if self.superseded and index in self.superseded:
+            e = self.superseded[index]
+        else:
+            p = (offset >> 12) << 4
+            e = self._map(index, block)[p:p + ENTRY]
+        if e == ZERO:
+            return None
+        return self._page(e, index, block, offset)
+
+    def _hints_for(self, block: str, bm: bytes) -> tuple[bytes, array, array, array, array]:
+        h = self.hints.get(block)
+        if h is None:
+            pages = len(bm) // ENTRY
+            h = self.hints[block] = (bm, array("I", bytes(4 * pages)), array("Q", bytes(8 * pages)))
+        old = self.old_hints.get(block)
+        if old is None or len(old[0]) != len(bm):
+            old = (b"", array("I"), array("Q"))
+        return old[0], old[1], old[2], h[1], h[2]
+
+    def runs(self, index: int, block: str, offset: int, count: int) -> list:
+        sa = self.superseded_at
+        if sa:
+            k = bisect_left(sa, index)
+            if k < len(sa) and sa[k] < index + count:   # rare: a page the stream sent twice
+                return [1 if d is None else d for d in
+                        (self(index + j, block, offset + j * PAGE_SIZE) for j in range(count))]
+        bm = self._map(index, block)
+        first = offset >> 12
+        p = first << 4
+        ents = bm[p:p + count * ENTRY]
+        if len(ents) != count * ENTRY:
+            raise IntegrityError(f"page map has no page for stream record "
+                                 f"{index + len(ents) // ENTRY} ({block}+"
+                                 f"{offset + (len(ents) // ENTRY << 12):#x})", checkpoint=self.cid)
+        old_ents, old_pid, old_loc, new_pid, new_loc = self._hints_for(block, bm)
+        pieces: list = []
+        append = pieces.append
+        recent = self.recent
+        lookup = self.lookup
+        window = self.window
+        xxh = _xxh3_128
+        decompress = _lz4_decompress
+        pack_fixed = _pack_fixed
+        slow = self._page
+        wpid = -1
+        wbase = 0
+        win = b""
+        k = 0
+        while k < count:
+            q = k << 4
+            e = ents[q:q + ENTRY]
+            if e == ZERO:
+                z = _zero_entries(ents, k, count - k)
+                append(z)
+                k += z
+                continue
+            page = recent.get(e)
+            if page is None:
+                j = first + k
+                loc = old_loc[j] if old_ents[p + q:p + q + ENTRY] == e else 0
+                if loc:
+                    pid, off, length = old_pid[j], loc >> 21, loc & _LEN_MASK
+                else:
+                    where = lookup(e)
+                    pid, off, length = where if where is not None else (-1, 0, 0)
+                if pid >= 0:
+                    if pid != wpid or not wbase <= off < wbase + _WINDOW:
+                        try:
+                            win = window(pid, off)
+                        except (OSError, StoreError):   # gone (gc) or damaged: the slow path says
+                            win = b""
+                        wpid = pid
+                        wbase = off >> WINDOW_BITS << WINDOW_BITS
+                    o = off - wbase
+                    end = o + length
+                    if end <= len(win):
+                        codec = win[o + 4]
+                        # the record must be the one expected: magic, codec, hash and
+                        # lengths (the page's own hash is checked below)
+                        if win[o:o + REC_CHECKED] == pack_fixed(REC_MAGIC, codec, e, PAGE_SIZE,
+                                                                length - REC_SIZE):
+                            try:
+                                if codec == CODEC_LZ4:
+                                    page = decompress(win[o + REC_SIZE:end],
+                                                      uncompressed_size=PAGE_SIZE)
+                                elif codec == CODEC_RAW:
+                                    page = win[o + REC_SIZE:end]
+                            except Exception:   # noqa: BLE001 - judged in full by the slow path
+                                page = None
+                            if page is not None and (len(page) != PAGE_SIZE or xxh(page) != e):
+                                page = None
+                if page is None:    # not where expected: the full, checked read
+                    page = slow(e, index + k, block, offset + (k << 12))
+                    wpid = -1       # the window may have been stale
+                else:
+                    new_pid[j] = pid
+                    new_loc[j] = off << 21 | length
+                    if len(recent) >= 1024:
+                        recent.clear()
+                    recent[e] = page
+            append(page)
+            k += 1
+        return pieces
+
+
+_ZEROS = ZERO * 4096
+
+
+def _zero_entries(ents: bytes, k: int, limit: int) -> int:
+    """How many ZERO entries ``ents`` holds from entry ``k`` on (at most ``limit``):
+    memcmp against a block of them, a binary search where one differs."""
+    total = 0
+    while total < limit:
+        n = min(len(_ZEROS) // ENTRY, limit - total)
+        p = (k + total) << 4
+        if ents.startswith(_ZEROS[:n << 4] if n < 4096 else _ZEROS, p):
+            total += n
+            continue
+        view = memoryview(_ZEROS)
+        lo, hi = 0, n
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            if ents.startswith(view[:mid << 4], p):
+                lo = mid
+            else:
+                hi = mid
+        return total + lo
+    return total
 
 
 def _delta_classes(d: BlockDelta, new_pages: dict[bytes, tuple[int, int, int]]) -> bytes:
