@@ -156,29 +156,56 @@ def _loadvm_times(streams, img, names: list[str], tmp: Path) -> list[float]:
     return times
 
 
-def run_case(tmp: Path, guest, mem_mib: int, workload: str, snapshots: int, interval: float) -> dict:
-    import lz4.frame
+def _make_snapshots(streams, vm_dir: Path, guest, mem_mib: int, workload: str, snapshots: int,
+                    interval: float):
+    """The qcow2 with the snapshots and the raw streams extracted from it.
 
-    from engine.store import Store
+    With a kept directory (``--keep``) that already holds a complete set for the
+    same case, they are reused: the guest run is the slow part, and the ratios
+    compare figures measured in this run whatever the snapshots' origin.
+    """
     from engine.stream.qcow2 import open_vmstate
-    streams = _tests_helpers()
 
+    name = f"{workload}{mem_mib}"
+    append = guest.append_for(workload, duration=3600)
+    raw_dir = vm_dir / "raw"
+    done = vm_dir / "complete.json"
+    want = {"append": append, "snapshots": snapshots, "interval": interval,
+            "kernel": str(guest.kernel), "initrd": str(guest.initrd)}
+    names = [f"snap{i}" for i in range(snapshots)]
+    if done.exists() and json.loads(done.read_text()) == want:
+        spec = streams.VmSpec(machine="q35", memory_mib=mem_mib, kernel=guest.kernel,
+                              initrd=guest.initrd, append=append, serial=True)
+        img = streams.SavevmImage(image=vm_dir / f"{name}.qcow2", names=names, spec=spec)
+        return img, [raw_dir / f"{k:02d}-{n}.mig" for k, n in enumerate(names)], 0.0
     t0 = time.monotonic()
     img = streams.make_savevm_qcow2(
-        tmp / "vm", machine="q35", memory_mib=mem_mib, kernel=guest.kernel, initrd=guest.initrd,
-        append=guest.append_for(workload, duration=3600), blob_mib=0, snapshots=snapshots,
-        interval_s=interval, ready="sbtui-guest: ready", name=f"{workload}{mem_mib}")
+        vm_dir, machine="q35", memory_mib=mem_mib, kernel=guest.kernel, initrd=guest.initrd,
+        append=append, blob_mib=0, snapshots=snapshots,
+        interval_s=interval, ready="sbtui-guest: ready", name=name)
     make_s = time.monotonic() - t0
-
-    raw_dir = tmp / "raw"
-    raw_dir.mkdir()
+    raw_dir.mkdir(exist_ok=True)
     raws = []
-    for k, name in enumerate(img.names):
-        path = raw_dir / f"{k:02d}-{name}.mig"
-        with open_vmstate(img.image, name) as src, open(path, "wb") as dst:
+    for k, snap in enumerate(img.names):
+        path = raw_dir / f"{k:02d}-{snap}.mig"
+        with open_vmstate(img.image, snap) as src, open(path, "wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
         raws.append(path)
+    done.write_text(json.dumps(want))
+    return img, raws, make_s
+
+
+def run_case(tmp: Path, guest, mem_mib: int, workload: str, snapshots: int, interval: float,
+             keep: Path | None = None) -> dict:
+    import lz4.frame
+
+    from engine.store import Store
+    streams = _tests_helpers()
+
+    vm_dir = keep / f"{workload}{mem_mib}" if keep is not None else tmp / "vm"
+    img, raws, make_s = _make_snapshots(streams, vm_dir, guest, mem_mib, workload, snapshots,
+                                        interval)
     raw_bytes = sum(p.stat().st_size for p in raws)
 
     lz4_bytes = sum(len(lz4.frame.compress(p.read_bytes())) for p in raws)
@@ -225,8 +252,9 @@ def report(r: dict) -> None:
     imp_rest, lz_rest = med(r["import_s"][rest]), med(r["lz4_s"][rest])
     exp, expf, lv, asm = med(r["export_s"]), med(r["export_file_s"]), med(r["loadvm_s"]), med(r["assemble_s"])
     guest = r["mem_mib"] << 20
+    made = f"made in {r['make_s']:.0f} s" if r["make_s"] else "kept from an earlier run"
     print(f"\n{r['workload']}, {r['mem_mib']} MiB guest, {r['snapshots']} savevm snapshots "
-          f"(made in {r['make_s']:.0f} s)")
+          f"({made})")
     print(f"  pages   {r['records']:,} records, {r['zero']:,} zero, {r['new']:,} stored, "
           f"{r['intra']:,} intra + {r['inter']:,} inter duplicates; median dirty per interval "
           f"{r['dirty_median']:,.0f}")
@@ -256,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--snapshots", type=int, default=20)
     p.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots")
     p.add_argument("--json", metavar="FILE", help="also write the raw figures here")
+    p.add_argument("--keep", metavar="DIR", type=Path,
+                   help="keep the snapshots and raw streams here and reuse them in later runs")
     args = p.parse_args(argv)
 
     from engine.guest import build_demo_guest
@@ -264,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     for mem in (int(s) for s in args.sizes.split(",")):
         for workload in args.workloads.split(","):
             with tempfile.TemporaryDirectory(prefix="sbtui-bench-store-") as tmp:
-                r = run_case(Path(tmp), guest, mem, workload, args.snapshots, args.interval)
+                r = run_case(Path(tmp), guest, mem, workload, args.snapshots, args.interval,
+                             args.keep)
             report(r)
             results.append(r)
     if args.json:
