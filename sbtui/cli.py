@@ -23,6 +23,7 @@ VERB_MODULES = (
     "sbtui.verbs.doctor",
     "sbtui.verbs.store",
     "sbtui.verbs.replay",
+    "sbtui.verbs.golive",
     "sbtui.verbs.open",
     "sbtui.verbs.record",
     "sbtui.verbs.attach",

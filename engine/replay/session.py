@@ -33,17 +33,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from engine.errors import QemuError, QemuTimeoutError, ReplayError, SbtuiError
 from engine.qemu import QemuProcess, find_qemu, find_qemu_img, qemu_version
+from engine.qemu.incoming import load_stream
 from engine.recording.format import CheckpointEntry, Recording
 from engine.stream.qcow2 import open_vmstate
 
@@ -138,69 +137,21 @@ class ReplaySession:
         return f"the snapshot at icount {self.start_icount}"
 
     async def _load_checkpoint(self) -> None:
-        assert self.vm is not None
         store = self.rec.store
-        rfd, wfd = os.pipe()
-        try:
-            await self.vm.send_fd(rfd, "checkpoint")
-        finally:
-            os.close(rfd)
-        failure: list[BaseException] = []
 
-        def export() -> None:
-            # Runs in a thread: the pipe fills faster than QEMU reads it.
-            try:
-                with os.fdopen(wfd, "wb", buffering=1 << 20) as dst:
-                    if self.source is not None:
-                        self.source(dst)
-                    else:
-                        store.export_stream(self.checkpoint.store_id, dst)
-            except BrokenPipeError:
-                pass  # QEMU gave up reading: its own error says why
-            except BaseException as err:  # noqa: BLE001 - reported below
-                failure.append(err)
+        def feed(dst) -> None:
+            if self.source is not None:
+                self.source(dst)
+            else:
+                store.export_stream(self.checkpoint.store_id, dst)
 
-        writer = threading.Thread(target=export, name="sbtui-export", daemon=True)
         try:
-            with self.vm.listen("MIGRATION") as events:
-                await self.vm.qmp("migrate-incoming", {"uri": "fd:checkpoint"})
-                writer.start()
-                status = await self._wait_incoming(events)
-        except QemuError:
-            # QEMU quits when its incoming stream breaks off; if our side broke
-            # it (a damaged store), that is the error to report.
-            if writer.is_alive() or writer.ident is not None:
-                await asyncio.to_thread(writer.join, 30)
-            if failure:
-                raise failure[0] from None
-            raise
-        await asyncio.to_thread(writer.join, 30)
-        if failure:
-            raise failure[0]
-        if status != "completed":
-            info = await self.vm.qmp("query-migrate")
-            raise ReplayError(f"QEMU refused {self._what()} "
-                              f"({self.checkpoint.store_id}): {info.get('error-desc', status)}\n"
-                              f"--- QEMU log ---\n{self.vm.log_tail()}")
+            await load_stream(self._vm(), feed, what=self._what(), timeout=self.restore_timeout)
+        except QemuTimeoutError as err:
+            raise ReplayError(str(err).splitlines()[0]) from err
         # An incoming migration leaves block nodes inactive until the first
         # 'cont'; the VM-state image must be active for savevm at this point.
-        await self.vm.qmp("blockdev-set-active", {"active": True})
-
-    async def _wait_incoming(self, events) -> str:
-        deadline = time.monotonic() + self.restore_timeout
-        status = ""
-        while status not in ("completed", "failed"):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ReplayError(f"restoring {self._what()} did not finish "
-                                  f"within {self.restore_timeout:g} s")
-            try:
-                ev = await events.get(timeout=min(left, 1.0))
-                status = ev.get("data", {}).get("status", "")
-            except QemuTimeoutError:
-                info = await self._vm().qmp("query-migrate")
-                status = info.get("status", status)
-        return status
+        await self._vm().qmp("blockdev-set-active", {"active": True})
 
     async def close(self) -> None:
         vm, self.vm = self.vm, None
