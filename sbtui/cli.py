@@ -29,7 +29,6 @@ VERB_MODULES = (
     "sbtui.verbs.attach",
     "sbtui.verbs.recording",
     "sbtui.verbs.simulate",
-    "sbtui.verbs.reserved",
 )
 
 
