@@ -23,6 +23,7 @@ from sbtui.screens.base import PaletteCommand
 from sbtui.screens.error_dialog import ErrorDialog
 from sbtui.screens.help import HelpScreen
 from sbtui.screens.session import SessionScreen
+from sbtui.screens.stopping import StoppingScreen
 from sbtui.themes import (
     DEFAULT_THEME, VARIABLE_DEFAULTS, load_themes, remember_theme, remembered_theme,
 )
@@ -46,6 +47,7 @@ class SbtuiApp(App[None]):
         self.session = session
         self.debuggers: list[Debugger] = []
         self._shut_down = False
+        self._quitting = False
         themes, self.theme_problems = load_themes(themes_dir)
         self.sbtui_themes = [t.name for t in themes]
         for t in themes:
@@ -107,7 +109,10 @@ class SbtuiApp(App[None]):
         self.session.close()
 
     async def action_quit(self) -> None:
-        self.notify("stopping…", timeout=2)
+        if self._quitting:
+            return
+        self._quitting = True
+        self.push_screen(StoppingScreen(self.session.live is not None, len(self.debuggers)))
         await asyncio.to_thread(self.shutdown)
         self.exit()
 

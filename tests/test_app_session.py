@@ -222,7 +222,7 @@ async def test_live_session_grows_and_takes_vm_commands():
             count = len(screen.rows)
             await pilot.press("c")
             await wait_for(pilot, lambda: len(screen.rows) == count + 1, what="checkpoint now")
-            screen.query_one("#console-input").focus()
+            await pilot.press("i")
             await pilot.press(*"uname -a", "enter")
             await wait_for(pilot, lambda: session.live.sent == ["uname -a\n"], what="console input")
             await wait_for(pilot, lambda: "# uname -a" in "\n".join(
@@ -238,3 +238,34 @@ async def test_vm_commands_are_hidden_for_a_saved_recording():
         assert app.screen.check_action("pause_resume", ()) is False
         names = [c.name for c in app.screen.palette_commands()]
         assert not any(n.startswith("vm:") for n in names)
+
+
+async def test_live_q_quits_and_the_console_input_takes_focus_only_when_asked():
+    """In a live session q quits from the session screen: the console input is
+    not focused until the user presses i (or clicks it), q typed there goes to
+    the guest, Escape gives the keys back to the screen."""
+    session = FakeSession(40, live=True, live_interval=0.05)
+    app = SbtuiApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.rows, what="rows")
+        console_input = screen.query_one("#console-input")
+        assert isinstance(app.focused, CheckpointTable)
+        await pilot.press("tab", "tab", "tab", "tab")
+        assert app.focused is not console_input       # not even by Tab
+        await pilot.click("#console-input")
+        assert app.focused is console_input           # a click takes it
+        await pilot.press("escape")
+        assert isinstance(app.focused, CheckpointTable)
+        await pilot.press("i")
+        assert app.focused is console_input
+        footer_keys = {key for key, active in screen.active_bindings.items() if active.enabled}
+        assert "q" not in footer_keys                 # the footer does not offer it here
+        await pilot.press("q", "enter")
+        await wait_for(pilot, lambda: session.live.sent == ["q\n"], what="q sent to the guest")
+        assert not session.closed and app.is_running
+        await pilot.press("escape")
+        assert isinstance(app.focused, CheckpointTable)
+        await pilot.press("q")
+        await wait_for(pilot, lambda: session.closed, what="session closed")
+    assert app.return_code == 0

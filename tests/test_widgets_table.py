@@ -101,3 +101,20 @@ async def test_timeline_bins_keep_the_peak_of_each_column():
         timeline.select(5000)
         await pilot.pause()
         assert timeline.index_at(timeline.column_of(5000)) in range(5000 - n // w, 5000 + n // w + 1)
+
+
+async def test_a_growing_table_keeps_the_newest_row_in_view():
+    """A live recording appends rows one by one; the cursor follows the newest
+    and the table scrolls so that it stays on screen."""
+    app = TableApp()
+    async with app.run_test(size=(120, 20)) as pilot:
+        table = app.query_one(CheckpointTable)
+        table.set_rows([ROWS[0]])
+        await pilot.pause()
+        for row in ROWS[1:40]:
+            table.append_rows([row])
+            await pilot.pause()
+            visible = table.scrollable_content_region.height - 1
+            assert table.cursor == row.index
+            assert table.scroll_y <= table.cursor < table.scroll_y + visible, (
+                table.cursor, table.scroll_y, visible)

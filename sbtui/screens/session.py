@@ -28,7 +28,7 @@ from sbtui.messages import (
 )
 from sbtui.screens.base import PaletteCommand, SbtuiScreen
 from sbtui.widgets.checkpoint_table import CheckpointTable
-from sbtui.widgets.console import GuestConsole
+from sbtui.widgets.console import ConsoleInput, GuestConsole
 from sbtui.widgets.heatmap import Heatmap
 from sbtui.widgets.status_bar import StatusBar
 from sbtui.widgets.timeline import Timeline
@@ -38,16 +38,18 @@ PAGE_CACHE = 64           # dirty-page arrays kept in memory
 
 
 class SessionScreen(SbtuiScreen):
+    AUTO_FOCUS = "#checkpoints"
     BINDINGS = [
-        Binding("q", "app.quit", "Quit", id="session.quit"),
+        Binding("q", "quit", "Quit", id="session.quit"),
         Binding("enter", "replay", "Replay", id="session.replay"),
         Binding("r", "toggle_range", "Range", id="session.range"),
         Binding("m", "toggle_metric", "Dirty/stored", id="session.metric"),
         Binding("p", "pause_resume", "Pause/resume", id="vm.pause"),
         Binding("c", "checkpoint_now", "Checkpoint now", id="vm.checkpoint"),
         Binding("L", "go_live", "Go live", id="vm.go_live"),
+        Binding("i", "console_input", "Type to console", id="vm.console_input"),
     ]
-    LIVE_ACTIONS = {"pause_resume", "checkpoint_now", "go_live"}
+    LIVE_ACTIONS = {"pause_resume", "checkpoint_now", "go_live", "console_input"}
 
     def __init__(self, session: Session) -> None:
         super().__init__()
@@ -229,7 +231,21 @@ class SessionScreen(SbtuiScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in self.LIVE_ACTIONS and self.session.live is None:
             return False
+        if action == "quit" and isinstance(self.focused, ConsoleInput):
+            return False    # q is typed to the guest there; Ctrl+Q still quits
         return True
+
+    async def action_quit(self) -> None:
+        await self.app.action_quit()
+
+    def action_console_input(self) -> None:
+        console_input = self.query_one(GuestConsole).input_widget
+        if console_input is not None:
+            console_input.take_focus()
+
+    @on(ConsoleInput.Left)
+    def _console_left(self, event: ConsoleInput.Left) -> None:
+        self.query_one(CheckpointTable).focus()
 
     def action_replay(self) -> None:
         if not self.rows:
@@ -306,6 +322,8 @@ class SessionScreen(SbtuiScreen):
                 PaletteCommand("vm: resume", "continue the guest",
                                lambda: self.vm_call("vm: resume", self.session.live.resume)),
                 PaletteCommand("vm: checkpoint now", "end the interval now", self.action_checkpoint_now),
+                PaletteCommand("vm: type to the console", "focus the console input (Esc leaves it)",
+                               self.action_console_input),
                 PaletteCommand("vm: go live from the selected checkpoint",
                                "restore it and record a new branch", self.action_go_live),
             ]

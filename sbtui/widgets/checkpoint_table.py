@@ -122,13 +122,17 @@ class CheckpointTable(ScrollView, can_focus=True):
         self.refresh()
         self.post_message(self.Highlighted(self, new))
 
-    def _scroll_cursor_into_view(self, index: int) -> None:
+    def _scroll_cursor_into_view(self, index: int, again: bool = True) -> None:
         visible = max(1, self.scrollable_content_region.height - 1)
         top = round(self.scroll_y)
         if index < top:
             self.scroll_to(y=index, animate=False, immediate=True)
         elif index >= top + visible:
             self.scroll_to(y=index - visible + 1, animate=False, immediate=True)
+            if again and round(self.scroll_y) + visible <= index:
+                # rows were just added: the scroll range grows with the next
+                # layout, and scroll_to clamped to the old one
+                self.call_after_refresh(lambda: self._scroll_cursor_into_view(self.cursor, False))
 
     def action_cursor(self, delta: int) -> None:
         self.cursor += delta

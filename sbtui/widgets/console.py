@@ -1,19 +1,55 @@
 """The guest's serial console: recorded or live output, and input when live.
 
 Output is a ``Log`` (plain text, fast appends, bounded to ``MAX_LINES``). When
-``interactive`` is set, an ``Input`` below it sends what is typed to the guest:
-the widget posts :class:`GuestConsole.InputSubmitted` and the screen forwards
-it to ``LiveControl.send_console`` in an async worker.
+``interactive`` is set, a :class:`ConsoleInput` below it sends what is typed to
+the guest: the widget posts :class:`GuestConsole.InputSubmitted` and the screen
+forwards it to ``LiveControl.send_console`` in an async worker.
+
+The input takes focus only when asked (the screen's ``i`` key, or a click on
+it) and gives it back on Escape: otherwise the screen's one-letter keys (``q``
+quits) would type into the guest whenever focus wandered there.
 """
 
 from __future__ import annotations
 
+from textual import events
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Log
 
 MAX_LINES = 20_000
+
+
+class ConsoleInput(Input):
+    """A line of input to the guest that is focusable only while in use."""
+
+    BINDINGS = [
+        Binding("escape", "leave", "Leave console", id="console.leave"),
+        Binding("ctrl+q", "app.quit", "Quit", id="console.quit"),
+    ]
+
+    class Left(Message):
+        """The user left the console input (Escape)."""
+
+    def on_mount(self) -> None:
+        self.can_focus = False
+
+    def take_focus(self) -> None:
+        self.can_focus = True
+        self.focus()
+
+    def on_mouse_down(self, event: events.MouseDown) -> None:
+        if not self.can_focus:
+            self.take_focus()
+
+    def on_blur(self, event: events.Blur) -> None:
+        self.can_focus = False
+
+    def action_leave(self) -> None:
+        self.can_focus = False
+        self.post_message(self.Left())
 
 
 class GuestConsole(Vertical):
@@ -31,7 +67,13 @@ class GuestConsole(Vertical):
     def compose(self) -> ComposeResult:
         yield Log(max_lines=MAX_LINES, id="console-log")
         if self.interactive:
-            yield Input(placeholder="type to the guest's console, Enter sends", id="console-input")
+            yield ConsoleInput(placeholder="i: type to the guest's console, Enter sends, Esc leaves",
+                               id="console-input")
+
+    @property
+    def input_widget(self) -> ConsoleInput | None:
+        found = self.query(ConsoleInput)
+        return found.first() if found else None
 
     @property
     def log_widget(self) -> Log:

@@ -1,0 +1,37 @@
+"""What the app shows after q while it stops what it started.
+
+Stopping a replay takes a moment (gdb and QEMU are asked politely first);
+ending a live recording can take longer: QEMU finishes its log and the last
+checkpoints are stored and proven before the recording is complete. The
+screen says so, with a spinner, until the app exits; keys do nothing here
+(a second q must not start a second shutdown).
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import LoadingIndicator, Static
+
+
+class StoppingScreen(ModalScreen[None]):
+    def __init__(self, live: bool, replays: int) -> None:
+        super().__init__()
+        self.live = live
+        self.replays = replays
+
+    def compose(self) -> ComposeResult:
+        lines = ["[b $primary]Stopping…[/]", ""]
+        if self.replays:
+            lines.append(f"closing {self.replays} replay{'s' if self.replays > 1 else ''} "
+                         "(gdb and QEMU)")
+        if self.live:
+            lines.append("finishing the recording: QEMU quits and writes the end of its log, "
+                         "the last checkpoints are stored and proven (a few seconds for each "
+                         "checkpoint not proven yet)")
+        if not self.replays and not self.live:
+            lines.append("closing the recording")
+        with Vertical(id="stopping-box"):
+            yield Static("\n".join(lines), id="stopping-text")
+            yield LoadingIndicator(id="stopping-spinner")
