@@ -18,7 +18,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Log
+from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
 from engine.api import (
@@ -35,6 +35,7 @@ from sbtui.widgets.memory import BYTES_PER_LINE, MemoryView
 from sbtui.widgets.registers import RegistersView
 from sbtui.widgets.replay_position import ReplayPosition
 from sbtui.widgets.status_bar import StatusBar
+from sbtui.widgets.tail_log import TailLog
 
 Op = Callable[[Debugger, Callable[[ReplayProgress], None]], StopEvent | None]
 
@@ -100,7 +101,7 @@ class DebuggerScreen(SbtuiScreen):
                 yield BreakpointsView(id="breakpoints")
         with Horizontal(id="dbg-bottom"):
             yield MemoryView(id="memory")
-            yield Log(id="replay-console", max_lines=5000)
+            yield TailLog(id="replay-console", max_lines=5000)
         yield ReplayPosition(self.rows, id="position")
         yield Footer(compact=True)
 
@@ -207,12 +208,7 @@ class DebuggerScreen(SbtuiScreen):
         space = "physical" if snap.memory_physical else "virtual"
         follow = " = $rsp" if self.memory_address is None else ""
         memory.border_title = f"memory · {space} {snap.memory_address:#x}{follow}"
-        log = self.query_one("#replay-console", Log)
-        if snap.console != getattr(log, "_shown", None):
-            log.clear()
-            log.write(snap.console)
-            log.call_after_refresh(log.scroll_end, animate=False)
-            log._shown = snap.console  # type: ignore[attr-defined]
+        self.query_one("#replay-console", TailLog).show(snap.console)
         if snap.stop is not None:
             stop = snap.stop
             self.last_stop = (f"{stop.reason.value}: {stop.detail}" if stop.detail else stop.reason.value)

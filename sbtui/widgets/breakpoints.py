@@ -13,7 +13,7 @@ class BreakpointsView(Static):
     def show(self, bps: list[Breakpoint]) -> None:
         if not bps:
             self.update(Content.from_markup(
-                "[dim]none: b at PC, B at a symbol, w watch[/]"))
+                "[dim]none yet\n b  break at the PC\n B  break at a symbol\n w  watch writes[/]"))
             return
         out = []
         for bp in bps:

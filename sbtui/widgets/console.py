@@ -1,6 +1,7 @@
 """The guest's serial console: recorded or live output, and input when live.
 
-Output is a ``Log`` (plain text, fast appends, bounded to ``MAX_LINES``). When
+Output is a :class:`~sbtui.widgets.tail_log.TailLog` (plain text, fast appends,
+bounded to ``MAX_LINES``, the newest line in view). When
 ``interactive`` is set, a :class:`ConsoleInput` below it sends what is typed to
 the guest: the widget posts :class:`GuestConsole.InputSubmitted` and the screen
 forwards it to ``LiveControl.send_console`` in an async worker.
@@ -17,7 +18,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Input, Log
+from textual.widgets import Input
+
+from sbtui.widgets.tail_log import TailLog, last_lines
 
 MAX_LINES = 20_000
 
@@ -65,7 +68,7 @@ class GuestConsole(Vertical):
         self.length = 0   # characters of console text shown so far
 
     def compose(self) -> ComposeResult:
-        yield Log(max_lines=MAX_LINES, id="console-log")
+        yield TailLog(max_lines=MAX_LINES, id="console-log")
         if self.interactive:
             yield ConsoleInput(placeholder="i: type to the guest's console, Enter sends, Esc leaves",
                                id="console-input")
@@ -76,13 +79,13 @@ class GuestConsole(Vertical):
         return found.first() if found else None
 
     @property
-    def log_widget(self) -> Log:
-        return self.query_one("#console-log", Log)
+    def log_widget(self) -> TailLog:
+        return self.query_one("#console-log", TailLog)
 
     def set_text(self, text: str) -> None:
         log = self.log_widget
         log.clear()
-        log.write(text)
+        log.write(last_lines(text, MAX_LINES))
         self.length = len(text)
 
     def append(self, text: str) -> None:

@@ -44,17 +44,36 @@ class RegistersView(Static):
         if symbol:
             rip += f" [$accent]<{symbol}>[/]"
         lines.append(rip)
-        flags = " ".join(decode_rflags(regs.get("rflags", 0)))
-        lines.append(f"{reg('rflags', 8, 6)} [$primary]\\[ {flags} ][/]")
-        segs = "  ".join(f"[$secondary]{s}[/] {regs[s]:#04x}" for s in ("cs", "ss", "ds", "es", "fs", "gs")
-                         if s in regs)
-        lines.append(segs)
+        lines += self._decoded(reg('rflags', 8, 6), 17, decode_rflags(regs.get("rflags", 0)))
+        for row in (("cs", "ss", "ds"), ("es", "fs", "gs")):
+            segs = "  ".join(f"[$secondary]{s}[/] {regs[s]:#06x}" for s in row if s in regs)
+            if segs:
+                lines.append(segs)
         lines.append(f"{reg('fs_base', 16, 7)}")
         lines.append(f"{reg('gs_base', 16, 7)}")
         lines.append("")
-        lines.append(f"{reg('cr0', 8, 4)} [$primary]\\[ {' '.join(decode_bits(regs.get('cr0', 0), CR0_BITS))} ][/]")
+        lines += self._decoded(reg('cr0', 8, 4), 15, decode_bits(regs.get('cr0', 0), CR0_BITS))
         lines.append(f"{reg('cr2', 16, 4)}")
         lines.append(f"{reg('cr3', 16, 4)}")
-        lines.append(f"{reg('cr4', 8, 4)} [$primary]\\[ {' '.join(decode_bits(regs.get('cr4', 0), CR4_BITS))} ][/]")
+        lines += self._decoded(reg('cr4', 8, 4), 15, decode_bits(regs.get('cr4', 0), CR4_BITS))
         lines.append(f"{reg('efer', 8, 4)}")
         return Content.from_markup("\n".join(lines))
+
+    def _decoded(self, register: str, indent: int, names: list[str]) -> list[str]:
+        """``register`` followed by ``[ NAMES ]``, wrapped under itself to the panel's width."""
+        width = max(30, self.content_region.width or 46)
+        rows: list[list[str]] = [[]]
+        used = indent + 2
+        for name in names:
+            if rows[-1] and used + 1 + len(name) + 2 > width:
+                rows.append([])
+                used = indent + 2
+            rows[-1].append(name)
+            used += len(name) + 1
+        out = []
+        for k, row in enumerate(rows):
+            opening = "\\[ " if k == 0 else "  "
+            closing = " ]" if k == len(rows) - 1 else ""
+            text = f"[$primary]{opening}{' '.join(row)}{closing}[/]"
+            out.append(f"{register} {text}" if k == 0 else " " * (indent + 1) + text)
+        return out

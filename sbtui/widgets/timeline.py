@@ -2,7 +2,8 @@
 
 Three rows of eighth-blocks show size per interval (dirty pages or stored
 bytes, log scale) with one column per bin of checkpoints (the bin's maximum,
-so a spike is never averaged away); a row of ``▲`` marks guest markers; an axis
+so a spike is never averaged away), or, when there are fewer checkpoints than
+columns, an equal run of columns per checkpoint across the whole width; a row of ``▲`` marks guest markers; an axis
 row gives the first and last checkpoints. The selected checkpoint and the
 selected range are highlighted. Binning is one pass over the rows, redone only
 when rows are added, the width or the metric changes: 10,000 checkpoints cost
@@ -79,15 +80,26 @@ class Timeline(Widget, can_focus=True):
     def _value(self, row: CheckpointRow) -> int:
         return row.pages_dirty if self.metric == "dirty" else row.stored_bytes
 
+    def spread(self) -> tuple[int, int]:
+        """``(columns, gap)`` per checkpoint when each has its own run of
+        columns (fewer checkpoints than columns); ``(0, 0)`` when binned."""
+        n, w = len(self.rows), max(1, self.size.width)
+        if n == 0 or n > w:
+            return 0, 0
+        k = w // n
+        return k, (1 if k >= 4 else 0)
+
     def column_of(self, index: int) -> int:
         n, w = len(self.rows), max(1, self.size.width)
-        return index * w // n if n > w else index
+        k, _ = self.spread()
+        return index * k if k else index * w // n
 
     def index_at(self, column: int) -> int:
         n, w = len(self.rows), max(1, self.size.width)
-        if n > w:
-            return min(n - 1, (column * n + w - 1) // w)
-        return min(n - 1, column)
+        k, _ = self.spread()
+        if k:
+            return min(n - 1, column // k)
+        return min(n - 1, (column * n + w - 1) // w)
 
     def bins(self) -> list[float]:
         w = max(1, self.size.width)
@@ -111,8 +123,12 @@ class Timeline(Widget, can_focus=True):
         nonzero = [v for v in peaks if v > 0]
         lo = math.log(min(nonzero)) if nonzero else 0.0
         span = (math.log(max(nonzero)) - lo) if nonzero else 0.0
-        self._bins = [0.0 if v <= 0 else 0.1 + 0.9 * ((math.log(v) - lo) / span if span else 1.0)
-                      for v in peaks]
+        bins = [0.0 if v <= 0 else 0.1 + 0.9 * ((math.log(v) - lo) / span if span else 1.0)
+                for v in peaks]
+        k, gap = self.spread()
+        if k > 1:
+            bins = [b if j < k - gap else 0.0 for b in bins for j in range(k)]
+        self._bins = bins
         self._bin_width = w
         return self._bins
 
@@ -127,14 +143,27 @@ class Timeline(Widget, can_focus=True):
         bar = self.get_component_rich_style("timeline--bar")
         sel = self.get_component_rich_style("timeline--selected")
         rng = self.get_component_rich_style("timeline--range")
-        sel_col = self.column_of(self.selected)
-        lo_col = hi_col = -1
-        if self.range:
-            lo_col, hi_col = self.column_of(self.range[0]), self.column_of(self.range[1])
+        k, gap = self.spread()
+        if k:
+            # each checkpoint owns columns [i*k, i*k + k - gap)
+            def owner(c: int) -> int:
+                return c // k if c % k < k - gap else -1
+            sel_col = self.selected
+            lo_col, hi_col = self.range if self.range else (-1, -1)
+        else:
+            def owner(c: int) -> int:
+                return c
+            sel_col = self.column_of(self.selected)
+            lo_col = hi_col = -1
+            if self.range:
+                lo_col, hi_col = self.column_of(self.range[0]), self.column_of(self.range[1])
         def style_for(c: int, normal: Style) -> Style:
-            if c == sel_col:
+            o = owner(c)
+            if o < 0:
+                return normal
+            if o == sel_col:
                 return sel
-            if lo_col <= c <= hi_col:
+            if lo_col <= o <= hi_col:
                 return rng
             return normal
         if y < BAR_ROWS:
@@ -150,7 +179,7 @@ class Timeline(Widget, can_focus=True):
             icounts = [r.icount for r in self.rows]
             for m in self.markers:
                 i = min(len(self.rows) - 1, bisect_right(icounts, m.icount))
-                c = self.column_of(i)
+                c = self.column_of(i) + (k - gap) // 2
                 if c < len(cells):
                     cells[c] = "▲"
             return self._runs(cells, style_for, mark, w)
