@@ -308,6 +308,7 @@ class DaskScheduler:
             guest = client.scatter(guest_files(rec), broadcast=True, hash=False)
             pending = distributed.as_completed(loop=client.loop)
             ready: list = []            # built jobs not yet submitted, in plan order
+            finished: list = []         # (future, index) done but not yet reported
             building = True
             remaining = len(plan)
             in_flight = 0
@@ -344,6 +345,9 @@ class DaskScheduler:
                         pending.add(fut)
                         in_flight += 1
                     self._drain(inbox, started, events)
+                    # Judging a result reads the store: done after the next job
+                    # went out, so the worker does not wait for it.
+                    self._report(finished, started, events, analysis)
                     if not in_flight:
                         if not ready and not building and remaining:
                             break   # nothing left to run: the builder failed the rest
@@ -353,13 +357,10 @@ class DaskScheduler:
                         events(SchedulerEvent("tick"))
                         continue
                     in_flight -= 1
-                    index = futures[done]
-                    self._drain(inbox, started, events)
-                    if index not in started:
-                        events(SchedulerEvent("started", index, worker="a Dask worker"))
-                        started.add(index)
-                    events(SchedulerEvent("finished", index, result=self._result(done, index, analysis)))
                     remaining -= 1
+                    finished.append((done, futures[done]))
+                self._drain(inbox, started, events)
+                self._report(finished, started, events, analysis)
         finally:
             stop.set()
             for fut in futures:
@@ -383,6 +384,14 @@ class DaskScheduler:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.02)
+
+    def _report(self, finished: list, started: set[int], events: EventSink, analysis: str) -> None:
+        while finished:
+            fut, index = finished.pop(0)
+            if index not in started:
+                events(SchedulerEvent("started", index, worker="a Dask worker"))
+                started.add(index)
+            events(SchedulerEvent("finished", index, result=self._result(fut, index, analysis)))
 
     @staticmethod
     def _drain(inbox: queue.Queue, started: set[int], events: EventSink) -> None:

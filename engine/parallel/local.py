@@ -119,6 +119,7 @@ class LocalScheduler:
         pending = deque(p.index for p in plan)
         tries: dict[int, int] = {}
         slots: list[_Slot] = []
+        finished: list[tuple[int, bytes]] = []
         try:
             while pending or any(s.index is not None for s in slots):
                 for i in range(self.slots):
@@ -153,6 +154,18 @@ class LocalScheduler:
                         self._again(index, tries, pending, events,
                                     f"its worker process died (exit code {code})")
                         continue
+                    finished.append((index, data))
+                # Judging a result reads the store: done after the freed
+                # processes got their next jobs, so they do not wait for it.
+                for i, slot in enumerate(slots):
+                    if pending and slot.index is None:
+                        index = pending.popleft()
+                        tries[index] = tries.get(index, 0) + 1
+                        slot.conn.send((path, index, analysis, params, offsets))
+                        slot.index = index
+                        events(SchedulerEvent("started", index, worker=f"local process {slot.proc.pid}"))
+                while finished:
+                    index, data = finished.pop(0)
                     events(SchedulerEvent("finished", index, result=JobResult.decode(data)))
         finally:
             for slot in slots:
