@@ -7,7 +7,9 @@ for milliseconds only; the checkpoints can be opened, not replayed).
 
 The guest is the demo guest (``--workload``) unless ``--kernel`` (with
 ``--initrd``/``--append``) names another. Progress goes to stderr, one line
-per checkpoint; ``--json`` prints a summary object on stdout at the end.
+per checkpoint; ``--json`` prints a summary object on stdout at the end. On a
+terminal, without ``--headless``, ``--json`` or ``--live``, the app shows the
+recording as it grows instead (as ``sbtui demo`` does; q ends the recording).
 Ctrl-C ends the recording cleanly (no new checkpoint, QEMU finalizes the
 log, ingestion drains, proofs finish) and exits 130; a second Ctrl-C stops
 at once, still leaving a recording that opens. Exit 1 when recording failed
@@ -96,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     if args.recording.exists() and (not args.recording.is_dir() or any(args.recording.iterdir())):
         raise UsageError(f"{args.recording}: exists and is not an empty directory; choose a new path")
     spec, guest_info = _machine(args)
+    if not (args.headless or args.json or args.live) and sys.stdin.isatty() and sys.stdout.isatty():
+        return _in_app(args, spec, guest_info)
     if not args.headless:
         print("sbtui record: the live view of a recording comes with the app; showing progress "
               "here (use --headless to silence this note)", file=sys.stderr)
@@ -103,6 +107,28 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary.to_json()))
     return 130 if summary.status == "interrupted" else 0
+
+
+def _in_app(args: argparse.Namespace, spec, guest_info: dict) -> int:
+    """The app on the recording as it grows (as ``sbtui demo`` does); q ends the recording."""
+    from engine.live import start_live_session
+    from engine.recording.recorder import DEFAULT_ICOUNT_SHIFT, Recorder
+    from sbtui.app import SbtuiApp
+
+    out = Progress(sys.stderr)
+    recorder = Recorder(args.recording, spec, interval=args.interval, duration=args.duration,
+                        icount_shift=args.icount_shift if args.icount_shift is not None
+                        else DEFAULT_ICOUNT_SHIFT, guest_info=guest_info, prove=args.prove)
+    session = start_live_session(recorder, on_finish=out.say)
+    try:
+        SbtuiApp(session).run()
+    finally:
+        session.close()
+    if session.error is not None:
+        raise session.error
+    if session.summary is not None:
+        out.final(session.summary)
+    return 0    # q is the way to end it here, not an interruption
 
 
 async def _record(args: argparse.Namespace, spec, guest_info: dict) -> RecordSummary:

@@ -98,10 +98,10 @@ class CheckpointTable(ScrollView, can_focus=True):
     def append_rows(self, rows: list[CheckpointRow]) -> None:
         if not rows:
             return
-        at_end = self.cursor >= len(self.rows) - 1
+        at_end = self.cursor >= len(self.rows) - 1     # (also when the table was empty)
         self.rows.extend(rows)
         self._update_size()
-        if self.follow and at_end and len(self.rows) > len(rows):
+        if self.follow and at_end:
             self.cursor = len(self.rows) - 1
         else:
             self.refresh()
