@@ -20,8 +20,10 @@ checkpoint every 2 s):
   ``sum / max(job)``: the longest interval bounds it).
 
 Numbers depend on the load of the machine (other people's QEMUs compete for
-the same 2 cores): the load average is printed with them. ``SBTUI_BENCH_SECONDS``
-sets how long the guest is recorded (default 12).
+the same 2 cores): the load average is printed with them, and the three
+``verify`` runs are repeated in interleaved rounds (``SBTUI_BENCH_ROUNDS``,
+default 2), the fastest of each kept. ``SBTUI_BENCH_SECONDS`` sets how long
+the guest is recorded (default 12).
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ def _check(report) -> None:
 
 def main() -> None:
     seconds = float(os.environ.get("SBTUI_BENCH_SECONDS", "12"))
+    rounds = max(1, int(os.environ.get("SBTUI_BENCH_ROUNDS", "2")))
     tmp = Path(tempfile.mkdtemp(prefix="sbtui-bench-parallel-"))
     try:
         print(f"recording the demo guest: {MIB} MiB, memchurn, a checkpoint every {INTERVAL:g} s "
@@ -138,20 +141,26 @@ def main() -> None:
               f"replay log {rec.log_path.stat().st_size / 1e6:.1f} MB; "
               f"load average {os.getloadavg()[0]:.1f}\n", flush=True)
 
-        runs = {}
-        for label, make in (("serial (1 process)", lambda: LocalScheduler(1)),
-                            ("--jobs 2", lambda: LocalScheduler(2))):
-            report = simulate(rec, "verify", make(), save=False)
+        # Interleaved rounds, the fastest of each kept: other people's work on
+        # the same 2 cores slows single runs by tens of percent.
+        runs: dict = {}
+        walls: dict = {}
+
+        def keep(label, report):
             _check(report)
-            runs[label] = report
+            walls.setdefault(label, []).append(report.wall_s)
+            if label not in runs or report.wall_s < runs[label].wall_s:
+                runs[label] = report
             print(f"verify {label:<22} {report.wall_s:6.1f} s   (load {os.getloadavg()[0]:.1f})",
                   flush=True)
+
         with _local_cluster(tmp) as address:
-            with DaskScheduler(address) as cluster:
-                report = simulate(rec, "verify", cluster, save=False)
-        _check(report)
-        runs["dask, 2 workers"] = report
-        print(f"verify {'dask, 2 workers':<22} {report.wall_s:6.1f} s   (load {os.getloadavg()[0]:.1f})")
+            for _round in range(rounds):
+                keep("serial (1 process)", simulate(rec, "verify", LocalScheduler(1), save=False))
+                keep("--jobs 2", simulate(rec, "verify", LocalScheduler(2), save=False))
+                with DaskScheduler(address) as cluster:
+                    keep("dask, 2 workers", simulate(rec, "verify", cluster, save=False))
+        print("fastest of " + ", ".join(f"{k}: {min(v):.1f} s" for k, v in walls.items()))
 
         serial = runs["serial (1 process)"]
         print("\nper job (serial run): overhead = build + worker setup + QEMU start and restore "
