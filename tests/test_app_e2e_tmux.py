@@ -1,35 +1,56 @@
-"""End to end in a real terminal: tmux at 180x50 runs ``sbtui open --fake``,
-Enter replays the selected checkpoint, the registers appear (bounded wait),
-``q`` quits, and the sbtui process is gone afterwards."""
+"""End to end in a real terminal (tmux at 180x50), with real processes:
+
+* ``sbtui open REC`` on the demo recording: Enter on a checkpoint replays it
+  and the registers appear (within 60 s), Escape goes back, ``q`` quits, and
+  the sbtui process, its replay QEMU and its gdb are gone afterwards;
+* ``sbtui demo --memory 128``: the demo guest is recorded and shown live, the
+  checkpoints appear and grow, ``q`` quits (the console input does not take
+  the key), the recording on disk is finished and one of its intervals
+  verifies, and nothing is left running;
+* ``sbtui record REC`` without ``--headless`` opens the same live screen.
+
+Each sbtui runs with its own ``$SBTUI_QEMU_TAG``, so only its QEMUs count.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from engine.qemu.process import TAG_ENV
+from procs import assert_no_qemu, new_tag, wait_for_qemu
+from test_recording_support import sbtui_run
+
 ROOT = Path(__file__).resolve().parent.parent
 SBTUI = ROOT / ".venv" / "bin" / "sbtui"
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+pytestmark = [pytest.mark.qemu,
+              pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+              pytest.mark.skipif(not SBTUI.exists(), reason="no .venv/bin/sbtui (make setup)")]
 
 
 def tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], check=True, capture_output=True, text=True).stdout
 
 
-def wait_for_screen(session: str, needle: str, timeout: float) -> str:
+def screen_of(session: str) -> str:
+    return tmux("capture-pane", "-p", "-t", session)
+
+
+def wait_for_screen(session: str, needle: str | re.Pattern, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     screen = ""
     while time.monotonic() < deadline:
-        screen = tmux("capture-pane", "-p", "-t", session)
-        if needle in screen:
+        screen = screen_of(session)
+        if (needle.search(screen) if isinstance(needle, re.Pattern) else needle in screen):
             return screen
         time.sleep(0.2)
     raise AssertionError(f"{needle!r} not on screen after {timeout}s:\n{screen}")
@@ -37,44 +58,151 @@ def wait_for_screen(session: str, needle: str, timeout: float) -> str:
 
 def alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is not running any more
-    try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
 
 
-def test_open_enter_shows_registers_and_q_leaves_nothing_running(tmp_path):
-    exe = str(SBTUI) if SBTUI.exists() else f"{sys.executable} -m sbtui"
-    session = f"sbtui-e2e-{uuid.uuid4().hex[:8]}"
-    pidfile = tmp_path / "pid"
-    command = (f"cd {ROOT} && SBTUI_CONFIG_DIR={tmp_path / 'config'} TERM=xterm-256color "
-               f"sh -c 'echo $$ > {pidfile}; exec {exe} open --fake --fake-latency 0.2'")
-    tmux("new-session", "-d", "-s", session, "-x", "180", "-y", "50", command)
+def children(pid: int) -> list[int]:
+    """Every live descendant of ``pid``."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def gdbs_under(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        try:
+            if Path(f"/proc/{child}/comm").read_text().strip() == "gdb":
+                found.append(child)
+        except OSError:
+            pass
+    return found
+
+
+class Terminal:
+    """One sbtui command in a detached tmux session of 180x50."""
+
+    def __init__(self, tmp_path: Path, *args: str, tag: str):
+        self.name = f"sbtui-e2e-{uuid.uuid4().hex[:8]}"
+        self.pidfile = tmp_path / f"{self.name}.pid"
+        env = (f"{TAG_ENV}={tag} SBTUI_CONFIG_DIR={tmp_path / 'config'} TERM=xterm-256color")
+        command = (f"cd {ROOT} && {env} sh -c 'echo $$ > {self.pidfile}; "
+                   f"exec {SBTUI} {' '.join(args)}'; sleep 600")
+        tmux("new-session", "-d", "-s", self.name, "-x", "180", "-y", "50", command)
+        deadline = time.monotonic() + 10
+        while not (self.pidfile.exists() and self.pidfile.read_text().strip()):
+            assert time.monotonic() < deadline, "the tmux session did not start"
+            time.sleep(0.05)
+        self.pid = int(self.pidfile.read_text())
+
+    def keys(self, *keys: str) -> None:
+        tmux("send-keys", "-t", self.name, *keys)
+
+    def wait(self, needle, timeout: float) -> str:
+        return wait_for_screen(self.name, needle, timeout)
+
+    def wait_exit(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(self.pid), (f"sbtui still running {timeout:g} s after q:\n"
+                                     f"{screen_of(self.name)}")
+
+    def close(self) -> None:
+        if alive(self.pid):
+            os.kill(self.pid, 9)
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+def checkpoint_count(screen: str) -> int:
+    m = re.search(r"checkpoints \((\d[\d,]*)\)", screen)
+    return int(m.group(1).replace(",", "")) if m else -1
+
+
+def test_open_a_recording_enter_shows_registers_and_q_leaves_nothing_running(demo_recording,
+                                                                              tmp_path):
+    tag = new_tag()
+    term = Terminal(tmp_path, "open", str(demo_recording), tag=tag)
     try:
-        wait_for_screen(session, "checkpoints (2,000)", timeout=60)
-        pid = int(pidfile.read_text())
-        assert alive(pid)
-        tmux("send-keys", "-t", session, "Enter")
-        screen = wait_for_screen(session, "rflags", timeout=60)
-        assert "rip" in screen and "rsp" in screen and "disassembly" in screen
+        term.wait("checkpoints (", timeout=60)
+        term.keys("Down", "Down")
+        term.wait(re.compile(r"#2 +icount"), timeout=10)      # the timeline names the selection
+        term.keys("Enter")
+        screen = term.wait("rflags", timeout=60)
+        assert "rip" in screen and "cr0" in screen and "disassembly" in screen
+        assert "replaying from checkpoint #2" in screen
+        wait_for_qemu(tag)
+        gdbs = gdbs_under(term.pid)
+        assert gdbs, "no gdb under sbtui while its replay is shown"
         # a lone ESC can be read as the start of an escape sequence when it
         # arrives next to other input, so it is sent again if the screen stays
         for attempt in range(3):
-            tmux("send-keys", "-t", session, "Escape")
+            term.keys("Escape")
             try:
-                wait_for_screen(session, "dirty pages", timeout=10)
+                term.wait("dirty pages", timeout=10)
                 break
             except AssertionError:
                 if attempt == 2:
                     raise
-        tmux("send-keys", "-t", session, "q")
-        deadline = time.monotonic() + 30
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not alive(pid), "sbtui still running 30 s after q"
+        term.keys("q")
+        term.wait_exit(60)
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        term.close()
+    assert_no_qemu(tag)
+    assert not any(alive(pid) for pid in gdbs), "gdb outlived sbtui"
+
+
+def test_demo_shows_the_recording_grow_and_q_leaves_a_replayable_recording(demo_guest, tmp_path):
+    tag = new_tag()
+    rec = tmp_path / "demo"
+    term = Terminal(tmp_path, "demo", "--memory", "128", str(rec), tag=tag)
+    try:
+        screen = term.wait(re.compile(r"checkpoints \([1-9]"), timeout=90)
+        assert "running" in screen and "console (live)" in screen
+        assert "Type to console" in screen                    # the footer offers it, on i
+        first = checkpoint_count(screen)
+        term.wait(re.compile(rf"checkpoints \((?!{first}\))\d"), timeout=60)
+        term.keys("q")
+        term.wait("Stopping", timeout=10)
+        term.wait_exit(240)                                   # QEMU quits, last proofs run
+    finally:
+        term.close()
+    assert_no_qemu(tag)
+    manifest = json.loads((rec / "recording.json").read_text())
+    assert manifest["status"] in ("complete", "interrupted"), manifest["status"]
+    assert manifest["error"] is None
+    lines = (rec / "checkpoints.jsonl").read_text().splitlines()
+    assert len({json.loads(line)["index"] for line in lines}) >= 2
+    verify = sbtui_run("verify", str(rec), "--interval", "0", "--json", tag=tag, timeout=180)
+    assert verify.returncode == 0, verify.stderr.decode()[-2000:]
+    assert_no_qemu(tag)
+
+
+def test_record_on_a_terminal_opens_the_live_screen(demo_guest, tmp_path):
+    tag = new_tag()
+    rec = tmp_path / "rec"
+    term = Terminal(tmp_path, "record", str(rec), "--workload", "memchurn", "--memory", "128",
+                    "--prove", "off", tag=tag)
+    try:
+        screen = term.wait(re.compile(r"checkpoints \([1-9]"), timeout=90)
+        assert "console (live)" in screen and "Checkpoint now" in screen
+        term.keys("q")
+        term.wait_exit(120)
+    finally:
+        term.close()
+    assert_no_qemu(tag)
+    manifest = json.loads((rec / "recording.json").read_text())
+    assert manifest["status"] in ("complete", "interrupted") and manifest["error"] is None
