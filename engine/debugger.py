@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
 import shutil
 import socket
 import tempfile
@@ -99,6 +100,43 @@ class _Anchor:
     console_len: int    # bytes of console printed before it
 
 
+def system_map_of(rec: Recording, search: list[Path] | None = None) -> Path | None:
+    """The guest kernel's System.map for symbols: the recording's own copy, else
+    one beside an identical kernel (same name and sha256) in the demo-guest
+    cache or ``/boot`` (the recorder does not copy it: without this, replays
+    of ``sbtui demo`` recordings had no kernel symbols)."""
+    entry = rec.manifest.guest.get("system_map")
+    if isinstance(entry, dict) and entry.get("path"):
+        return rec.path / entry["path"]
+    kernel = rec.manifest.guest.get("kernel")
+    name = kernel.get("name", "") if isinstance(kernel, dict) else ""
+    digest = kernel.get("sha256") if isinstance(kernel, dict) else None
+    if not (name.startswith("vmlinuz-") and digest):
+        return None
+    if search is None:
+        from engine.paths import cache_dir
+        search = sorted(p for p in (cache_dir() / "guest").glob("*") if p.is_dir()) + [Path("/boot")]
+    seen: dict[tuple[int, int], bool] = {}     # the cache hard-links one kernel into each entry
+    for folder in search:
+        candidate, smap = folder / name, folder / f"System.map-{name[len('vmlinuz-'):]}"
+        try:
+            st = candidate.stat()
+            if not smap.is_file():
+                continue
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key not in seen:
+            h = hashlib.sha256()
+            with open(candidate, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            seen[key] = h.hexdigest() == digest
+        if seen[key]:
+            return smap
+    return None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -142,11 +180,7 @@ class ReplayDebugger:
               vmlinux: str | Path | None = None) -> "ReplayDebugger":
         """Restore ``checkpoint_id`` (store id or interval index) and stop at its
         first instruction, gdb attached."""
-        system_map = None
-        entry = rec.manifest.guest.get("system_map")
-        if entry and entry.get("path"):
-            system_map = rec.path / entry["path"]
-        dbg = cls(rec, vmlinux=vmlinux, system_map=system_map)
+        dbg = cls(rec, vmlinux=vmlinux, system_map=system_map_of(rec))
         try:
             cp = rec.checkpoint(checkpoint_id)
             dbg._restart(cp, progress)
