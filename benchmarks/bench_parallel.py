@@ -178,6 +178,13 @@ def main() -> None:
             print(f"  {r.index:>8} {wire / 1e6:7.1f} {logb / 1e6:7.2f} {over:10.2f} {rep:9.2f} "
                   f"{over / rep if rep else float('inf'):15.2f}")
 
+        dask_run = runs["dask, 2 workers"]
+        dispatch = [r.timings["dispatch_s"] for r in dask_run.results if "dispatch_s" in r.timings]
+        if dispatch:
+            print(f"  dask: submit to arrival on the worker {sum(dispatch) / len(dispatch):.2f} s per job "
+                  f"on average (max {max(dispatch):.2f} s); the client builds each job in "
+                  f"{sum(r.timings.get('build_s', 0) for r in dask_run.results) / len(dask_run.results):.2f} s")
+
         costs = [r.timings.get("total_s", 0) + r.timings.get("build_s", 0) for r in serial.results]
         predicted = sum(costs) / _lpt_makespan(costs, 2)
         bound = sum(costs) / max(costs)

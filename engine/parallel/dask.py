@@ -309,6 +309,7 @@ class DaskScheduler:
             pending = distributed.as_completed(loop=client.loop)
             ready: list = []            # built jobs not yet submitted, in plan order
             finished: list = []         # (future, index) done but not yet reported
+            submitted: dict[int, float] = {}
             building = True
             remaining = len(plan)
             in_flight = 0
@@ -339,6 +340,7 @@ class DaskScheduler:
                             continue
                         key = f"sbtui-{analysis}-{index}-{run_id}"
                         keys[key] = index
+                        submitted[index] = time.time()
                         fut = client.submit(dask_job, data, guest, key=key, retries=self.retries,
                                             priority=len(plan) - rank, pure=False)
                         futures[fut] = index
@@ -347,7 +349,7 @@ class DaskScheduler:
                     self._drain(inbox, started, events)
                     # Judging a result reads the store: done after the next job
                     # went out, so the worker does not wait for it.
-                    self._report(finished, started, events, analysis)
+                    self._report(finished, started, events, analysis, submitted)
                     if not in_flight:
                         if not ready and not building and remaining:
                             break   # nothing left to run: the builder failed the rest
@@ -360,7 +362,7 @@ class DaskScheduler:
                     remaining -= 1
                     finished.append((done, futures[done]))
                 self._drain(inbox, started, events)
-                self._report(finished, started, events, analysis)
+                self._report(finished, started, events, analysis, submitted)
         finally:
             stop.set()
             for fut in futures:
@@ -385,13 +387,20 @@ class DaskScheduler:
                 return None
             time.sleep(0.02)
 
-    def _report(self, finished: list, started: set[int], events: EventSink, analysis: str) -> None:
+    def _report(self, finished: list, started: set[int], events: EventSink, analysis: str,
+                submitted: dict[int, float]) -> None:
         while finished:
             fut, index = finished.pop(0)
             if index not in started:
                 events(SchedulerEvent("started", index, worker="a Dask worker"))
                 started.add(index)
-            events(SchedulerEvent("finished", index, result=self._result(fut, index, analysis)))
+            result = self._result(fut, index, analysis)
+            received = result.timings.pop("received_at", None)
+            if received is not None and index in submitted:
+                # Submit to arrival on the worker: the transfer through the
+                # scheduler plus any wait for a free thread (same-host clocks).
+                result.timings["dispatch_s"] = max(0.0, received - submitted[index])
+            events(SchedulerEvent("finished", index, result=result))
 
     @staticmethod
     def _drain(inbox: queue.Queue, started: set[int], events: EventSink) -> None:

@@ -345,7 +345,11 @@ def run_job_bytes(job_bytes: bytes, guest_bytes: bytes | None = None) -> bytes:
 
     Never raises for a job that cannot run: the result's ``error`` says why
     and names this worker. (A worker that dies raises nothing: its scheduler
-    runs the job elsewhere.)"""
+    runs the job elsewhere.)
+
+    ``timings["received_at"]`` is the worker's Unix time when the bytes
+    arrived, so the client can tell how long dispatching the job took."""
+    received = time.time()
     name = worker_name()
     try:
         job = IntervalJob.decode(job_bytes)
@@ -355,7 +359,9 @@ def run_job_bytes(job_bytes: bytes, guest_bytes: bytes | None = None) -> bytes:
         guest = decode_guest_files(guest_bytes) if guest_bytes is not None else None
     except SbtuiError as err:
         return JobResult(job.index, job.analysis, name, error=f"on {name}: {err}").encode()
-    return run_job(job, guest=guest, worker=name).encode()
+    result = run_job(job, guest=guest, worker=name)
+    result.timings["received_at"] = received
+    return result.encode()
 
 
 def run_job(job: IntervalJob, *, guest: dict[str, bytes] | None = None, worker: str | None = None,

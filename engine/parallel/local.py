@@ -121,10 +121,10 @@ class LocalScheduler:
         slots: list[_Slot] = []
         finished: list[tuple[int, bytes]] = []
         try:
-            while pending or any(s.index is not None for s in slots):
+            def hand_out() -> None:
                 for i in range(self.slots):
                     if not pending:
-                        break
+                        return
                     if i == len(slots):
                         slots.append(_Slot(ctx, self._job_fn))
                     slot = slots[i]
@@ -134,6 +134,9 @@ class LocalScheduler:
                         slot.conn.send((path, index, analysis, params, offsets))
                         slot.index = index
                         events(SchedulerEvent("started", index, worker=f"local process {slot.proc.pid}"))
+
+            while pending or any(s.index is not None for s in slots):
+                hand_out()
                 busy = [s for s in slots if s.index is not None]
                 ready = mp_wait([s.conn for s in busy] + [s.proc.sentinel for s in busy],
                                 timeout=TICK_S)
@@ -157,13 +160,7 @@ class LocalScheduler:
                     finished.append((index, data))
                 # Judging a result reads the store: done after the freed
                 # processes got their next jobs, so they do not wait for it.
-                for i, slot in enumerate(slots):
-                    if pending and slot.index is None:
-                        index = pending.popleft()
-                        tries[index] = tries.get(index, 0) + 1
-                        slot.conn.send((path, index, analysis, params, offsets))
-                        slot.index = index
-                        events(SchedulerEvent("started", index, worker=f"local process {slot.proc.pid}"))
+                hand_out()
                 while finished:
                     index, data = finished.pop(0)
                     events(SchedulerEvent("finished", index, result=JobResult.decode(data)))
