@@ -166,3 +166,59 @@ def test_a_failing_background_pack_write_rolls_the_import_back(tmp_path, monkeyp
         info = s.import_stream(io.BytesIO(streams[1]), name="1")
         assert export(s, info.id) == streams[1]
         assert s.fsck().ok
+
+
+# -- the index's absence filter and the pack writer's raw streaks ---------------------
+
+def _entries(rng, n, pack=1):
+    return {rng.randbytes(16): (pack, 16 + 40 * k, 40) for k in range(n)}
+
+
+def test_absence_filter_never_hides_a_page_the_index_holds(tmp_path, monkeypatch):
+    import random
+
+    from engine.store import index as idx
+    monkeypatch.setattr(idx.AbsenceFilter, "MIN_BITS", 1 << 10)   # force regrowth
+    rng = random.Random(5)
+    d = tmp_path / "index"
+    d.mkdir()
+    writer = idx.Index(d)
+    writer.use_filter()
+    other = idx.Index(d)                       # another process adding segments
+    held: dict[bytes, tuple] = {}
+    for k in range(14):
+        batch = _entries(rng, 37 + 11 * k)
+        (other if k % 3 == 2 else writer).add(batch, {1: 10 ** 6})
+        held.update(batch)
+        writer.refresh()
+        assert all(writer.lookup(h) == e for h, e in held.items())
+    assert writer._filter is not None and writer._filter.mask + 1 > 1 << 10
+    misses = [rng.randbytes(16) for _ in range(2000)]
+    assert all(writer.lookup(h) is None for h in misses)
+    assert sum(h in writer._filter for h in misses) < 400       # most misses never reach a segment
+    # gc replaces everything: the filter is dropped, and rebuilt on demand
+    keep = dict(list(held.items())[::2])
+    writer.replace_all(keep.items(), {1: 10 ** 6})
+    assert writer._filter is None
+    writer.use_filter()
+    assert all(writer.lookup(h) == e for h, e in keep.items())
+    assert all(writer.lookup(h) is None for h in list(held)[1::2])
+
+
+def test_pages_after_a_streak_of_random_ones_are_still_stored_and_compressed(tmp_path):
+    from engine.store.packs import PackReader, PackWriter
+    randoms = [page(f"r{i}") for i in range(40)]
+    texts = [text_page(f"t{i}") for i in range(40)]
+    import xxhash
+    w = PackWriter(tmp_path, next_id=1, tail=None, target_size=1 << 20)
+    items = [(xxhash.xxh3_128_digest(p), p) for p in randoms + texts + randoms[:5]]
+    w.append_pages(items[:50])
+    w.append_pages(items[50:])
+    w.commit()
+    r = PackReader(tmp_path)
+    for h, p in items:
+        pid, off, length = w.locations[h]
+        assert r.read(pid, off, length, h) == p
+    # a probe found the text again: most text pages are compressed despite the streak
+    compressed = sum(w.locations[h][2] < 4096 for h, _p in items[40:80])
+    assert compressed >= 30

@@ -349,6 +349,12 @@ class PackWriter:
     FLUSH_AT = 4 << 20
     MAX_QUEUED = 4
     SYNC_EVERY = 16 << 20   # background writes ask the disk to catch up this often
+    # Random data comes in stretches, and lz4 takes about as long to find that
+    # a page does not shrink as to compress one that does: after RAW_STREAK
+    # pages in a row that did not shrink, only every RAW_PROBE-th page is
+    # tried, until one shrinks (append_pages only; such pages are stored raw).
+    RAW_STREAK = 4
+    RAW_PROBE = 8
 
     def __init__(self, directory: Path, *, next_id: int, tail: tuple[int, int] | None,
                  target_size: int):
@@ -366,6 +372,7 @@ class PackWriter:
         self.bytes_written = 0
         self.locations: dict[bytes, tuple[int, int, int]] = {}   # append_pages: digest -> where
         self._direct = False    # True inside the background thread's batches: write, do not queue
+        self._raw_streak = 0    # pages in a row that did not compress (append_pages)
         self._unsynced = 0
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbtui-pack-writer")
         self._pending: deque[Future] = deque()
@@ -443,11 +450,41 @@ class PackWriter:
         self._pending.append(self._io.submit(self._append_batch, batch))
 
     def _append_batch(self, batch: list[tuple[bytes, object]]) -> None:
+        """Compress and lay out a batch (in the background thread): ``append_page``
+        unrolled, and pages in a stretch that does not compress are not tried
+        one by one (see ``RAW_STREAK``)."""
         self._direct = True
         locations = self.locations
-        append_page = self.append_page
+        buf = self._buf
+        rec_size = REC_HEADER.size
+        streak = self._raw_streak
         for digest, page in batch:
-            locations[digest] = append_page(digest, page)
+            if self._fd is None or self._pos >= self.target_size:
+                self._open_next()
+                buf = self._buf
+            n = len(page)
+            payload = page
+            codec = CODEC_RAW
+            if streak < self.RAW_STREAK or streak % self.RAW_PROBE == 0:
+                packed = _compress(page, store_size=False)
+                if len(packed) < n:
+                    codec, payload = CODEC_LZ4, packed
+                    streak = 0
+                else:
+                    streak += 1
+            else:
+                streak += 1
+            head = _pack_fixed(REC_MAGIC, codec, digest, n, len(payload))
+            length = rec_size + len(payload)
+            locations[digest] = (self._pack_id, self._pos, length)
+            buf += head
+            buf += _xxh32(head).to_bytes(4, "little")
+            buf += payload
+            self._pos += length
+            self.bytes_written += length
+            if len(buf) >= self.FLUSH_AT:
+                self._flush()
+        self._raw_streak = streak
 
     def _flush(self) -> None:
         if self._buf and self._fd is not None:

@@ -611,6 +611,7 @@ class Store:
 
     def _import_locked(self, src, name, parent, meta, progress, total) -> CheckpointInfo:
         self._index.refresh()
+        self._index.use_filter()   # an import's new pages are misses: answer most from memory
         parent_id = self._resolve_parent(parent)
         parent_map = self.page_map(parent_id) if parent_id is not None else None
         parent_blocks = parent_map._raw_blocks() if parent_map is not None else {}
