@@ -1,6 +1,6 @@
 # The two commands a new user runs are `make demo` and `make test`; both go
 # through `make setup`, which installs only what is missing (scripts/setup.sh).
-.PHONY: setup demo test bench guest doctor clean
+.PHONY: setup demo test bench guest doctor screenshots clean
 
 setup:
 	@bash scripts/setup.sh
@@ -20,6 +20,9 @@ bench: setup
 
 doctor: setup
 	@.venv/bin/sbtui doctor
+
+screenshots: setup
+	@.venv/bin/python -m sbtui.screenshots
 
 clean:
 	rm -rf .venv .pytest_cache

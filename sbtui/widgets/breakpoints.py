@@ -19,6 +19,9 @@ class BreakpointsView(Static):
         for bp in bps:
             kind = "brk" if bp.kind is BreakpointKind.BREAKPOINT else bp.kind.value
             on = "[b $success]y[/]" if bp.enabled else "[b $error]n[/]"
-            out.append(f"[b]{bp.number:>2}[/] {kind:<6} {on} [$text-muted]{bp.hits:>3}×[/] "
-                       f"[$warning]{escape(bp.location)}[/] [$secondary]{bp.address:#x}[/]")
+            line = (f"[b]{bp.number:>2}[/] {kind:<6} {on} [$text-muted]{bp.hits:>3}×[/] "
+                    f"[$warning]{escape(bp.location)}[/]")
+            if not bp.location.lstrip("*").startswith("0x"):    # a symbol: add where it is
+                line += f" [$secondary]{bp.address:#x}[/]"
+            out.append(line)
         self.update(Content.from_markup("\n".join(out)))
