@@ -38,10 +38,9 @@ def demo_recording(demo_guest, tmp_path_factory):
     spec = MachineSpec(memory_mib=128, kernel=str(demo_guest.kernel),
                        initrd=str(demo_guest.initrd), append=demo_guest.append_for("memchurn"))
     summary = asyncio.run(Recorder(path, spec, interval=2.0, duration=180.0,
-                                   guest_info={"workload": "memchurn"}).run())
+                                   guest_info={"workload": "memchurn",
+                                               "system_map_source": str(demo_guest.system_map)}
+                                   ).run())
     assert summary.status == "complete", summary
-    rec = Recording.open(path)
-    if "system_map" not in rec.manifest.guest and demo_guest.system_map:
-        rec.add_guest_file("system_map", demo_guest.system_map)
-        rec.save_manifest()
+    assert "system_map" in Recording.open(path).manifest.guest
     return path

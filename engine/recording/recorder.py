@@ -307,6 +307,11 @@ class Recorder:
                     if not Path(src).is_file():
                         raise UsageError(f"--{role} {src}: no such file")
                     files[role] = rec.add_guest_file(role, Path(src))
+            # Kernel symbols travel with the recording, so a debugger shows
+            # function names on any machine it is moved to.
+            system_map = rec.manifest.guest.pop("system_map_source", None)
+            if system_map and Path(system_map).is_file():
+                rec.add_guest_file("system_map", Path(system_map))
             spec = self.spec.replace(
                 kernel=files.get("kernel"), initrd=files.get("initrd"),
                 icount_shift=self.icount_shift, rr="record", rrfile=REPLAY_LOG,

@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     spec = MachineSpec(memory_mib=args.memory, kernel=str(guest.kernel), initrd=str(guest.initrd),
                        append=guest.append_for(args.workload, **params))
     info = {"demo": True, "workload": args.workload}
+    if guest.system_map:
+        info["system_map_source"] = str(guest.system_map)  # the recorder copies it in
     headless = args.headless or not (sys.stdin.isatty() and sys.stdout.isatty())
     if headless:
         return _headless(path, spec, info, args)

@@ -76,7 +76,10 @@ def _machine(args: argparse.Namespace):
             append = f"{append} {args.append}"
         spec = MachineSpec(memory_mib=args.memory, kernel=str(guest.kernel),
                            initrd=str(guest.initrd), append=append)
-        return spec, {"demo": True, "workload": workload}
+        info = {"demo": True, "workload": workload}
+        if guest.system_map:
+            info["system_map_source"] = str(guest.system_map)
+        return spec, info
     if args.workload:
         raise UsageError("--workload picks a demo-guest workload; with --kernel, pass the guest's "
                          "own settings with --append")
