@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from textual.content import Content
-from textual.markup import escape
 from textual.widgets import Static
 
 from engine.api import Breakpoint, BreakpointKind
@@ -20,8 +19,10 @@ class BreakpointsView(Static):
             kind = "brk" if bp.kind is BreakpointKind.BREAKPOINT else bp.kind.value
             on = "[b $success]y[/]" if bp.enabled else "[b $error]n[/]"
             line = (f"[b]{bp.number:>2}[/] {kind:<6} {on} [$text-muted]{bp.hits:>3}×[/] "
-                    f"[$warning]{escape(bp.location)}[/]")
+                    f"[$warning]$location_{bp.number}[/]")
             if not bp.location.lstrip("*").startswith("0x"):    # a symbol: add where it is
                 line += f" [$secondary]{bp.address:#x}[/]"
             out.append(line)
-        self.update(Content.from_markup("\n".join(out)))
+        # what was typed goes in as a variable, never as markup
+        self.update(Content.from_markup("\n".join(out),
+                                        **{f"location_{bp.number}": bp.location for bp in bps}))

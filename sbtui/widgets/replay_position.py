@@ -10,7 +10,6 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from textual.content import Content
-from textual.markup import escape
 from textual.widgets import Static
 
 from engine.api import CheckpointRow
@@ -55,16 +54,17 @@ class ReplayPosition(Static):
         line1 = (f"interval [b]#{k}[/] of {n:,}  [$text-muted]icount {lo:,} .. {hi:,}[/]  "
                  f"now [b $accent]{self.icount:,}[/]")
         if self.stop and not self.phase:
-            line1 += f"  [$text-muted]· {escape(self.stop)}[/]"
+            line1 += "  [$text-muted]· $stop_text[/]"
         if self.phase:
             frac = self.fraction
             label = f" {self.phase} " + (f"{frac * 100:3.0f}% " if frac >= 0 else "… ")
             cells = max(10, width - len(label))
             done = int(max(0.0, min(1.0, frac)) * cells) if frac >= 0 else 0
-            line2 = (f"[b $warning]{escape(label)}[/][$warning]{'█' * done}[/]"
+            line2 = (f"[b $warning]$phase_text[/][$warning]{'█' * done}[/]"
                      f"[$panel-lighten-2]{'░' * (cells - done)}[/]")
         else:
             pos = min(width - 1, k * width // max(1, n))
             line2 = (f"[$panel-lighten-2]{'─' * pos}[/][b $accent]◆[/]"
                      f"[$panel-lighten-2]{'─' * (width - pos - 1)}[/]")
-        return Content.from_markup(line1 + "\n" + line2)
+        return Content.from_markup(line1 + "\n" + line2, stop_text=self.stop,
+                                   phase_text=label if self.phase else "")

@@ -9,7 +9,6 @@ variables through Content markup.
 from __future__ import annotations
 
 from textual.content import Content
-from textual.markup import escape
 from textual.widgets import Static
 
 from engine.api import GuestState, RecordingStatus
@@ -35,21 +34,23 @@ class StatusBar(Static):
         label, colour = STATE_STYLE[status.state]
         rate = f" @ {status.checkpoint_rate_hz:.1f}/s" if status.checkpoint_rate_hz else ""
         self.update(Content.from_markup(
-            f"[b $primary]sbtui[/] [b]{escape(name)}[/]" + sep()
+            "[b $primary]sbtui[/] [b]$session_name[/]" + sep()
             + f"[b {colour}]{label}[/]" + sep()
             + f"icount [b]{status.icount:,}[/]" + sep()
             + f"guest [b]{status.guest_time_ns / 1e9:,.3f} s[/]" + sep()
             + f"checkpoints [b]{status.checkpoints:,}[/]{rate}" + sep()
             + f"store [b]{human_bytes(status.store_bytes)}[/]"
-            + f" · dedup [b $accent]{status.dedup_ratio:.2f}×[/]"))
+            + f" · dedup [b $accent]{status.dedup_ratio:.2f}×[/]", session_name=name))
 
     def show_replay(self, name: str, checkpoint: int, icount: int, stop: str, busy: str = "") -> None:
         label, colour = STATE_STYLE[GuestState.REPLAYING]
-        text = (f"[b $primary]sbtui[/] [b]{escape(name)}[/]" + sep()
+        text = ("[b $primary]sbtui[/] [b]$session_name[/]" + sep()
                 + f"[b {colour}]{label}[/] from checkpoint [b]#{checkpoint}[/]" + sep()
                 + f"icount [b]{icount:,}[/]")
         if busy:
-            text += sep() + f"[b $warning]{escape(busy)}[/]"
+            text += sep() + "[b $warning]$busy_text[/]"
         elif stop:
-            text += sep() + f"stopped: [b]{escape(stop)}[/]"
-        self.update(Content.from_markup(text))
+            text += sep() + "stopped: [b]$stop_text[/]"
+        # names and gdb's words go in as variables, never as markup (a trailing
+        # backslash in them would escape the closing tag)
+        self.update(Content.from_markup(text, session_name=name, busy_text=busy, stop_text=stop))
