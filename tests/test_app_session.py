@@ -244,7 +244,7 @@ async def test_live_q_quits_and_the_console_input_takes_focus_only_when_asked():
     """In a live session q quits from the session screen: the console input is
     not focused until the user presses i (or clicks it), q typed there goes to
     the guest, Escape gives the keys back to the screen."""
-    session = FakeSession(40, live=True, live_interval=0.05)
+    session = FakeSession(40, live=True, live_interval=0.5)
     app = SbtuiApp(session)
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
