@@ -77,6 +77,7 @@ def test_a_worker_killed_mid_run_still_completes_every_interval(demo_recording, 
     events: list = []
     with dask_cluster({name: {"SBTUI_QEMU_TAG": tag} for name, tag in tags.items()}) as cluster:
         victim = cluster.workers["victim"]
+        addresses = cluster.worker_addresses()
 
         def run() -> None:
             try:
@@ -99,14 +100,18 @@ def test_a_worker_killed_mid_run_still_completes_every_interval(demo_recording, 
         assert not runner.is_alive(), "the simulation did not finish after the worker was killed"
     for tag in tags.values():
         assert_no_qemu(tag)
-    assert "error" not in outcome, outcome.get("error")
+    log = "\n".join(p.message for p in events if p.message)
+    assert "error" not in outcome, f"{outcome.get('error')}\n{log}"
     report = outcome["report"]
-    assert sorted(r.index for r in report.results) == wanted
+    assert sorted(r.index for r in report.results) == wanted, log
     assert report.failed == [], [(r.index, r.detail) for r in report.results]
-    rerun = [r for r in report.results if r.attempts > 1]
-    assert rerun, "no interval was run again after its worker died"
-    assert all(r.worker for r in report.results)
-    assert any("runs again" in (p.message or "") for p in events)
+    # The interval the victim was replaying ran again, to the end, on the survivor.
+    victims = [p.message.split()[1] for p in events
+               if p.message.endswith(f"started on {addresses['victim']}")]
+    assert victims, f"the victim's start was not reported\n{log}"
+    lost = report.outcome(int(victims[-1]))
+    assert lost.worker.startswith(addresses["survivor"]), f"{lost}\n{log}"
+    assert lost.attempts > 1 and f"interval {lost.index} runs again" in log, log
 
 
 def test_a_worker_without_qemu_is_named_and_no_job_runs(demo_recording, tmp_path):

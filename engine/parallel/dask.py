@@ -4,8 +4,9 @@ The cluster is the user's (``dask scheduler`` on one host, ``dask worker
 tcp://HOST:8786 --nthreads 1`` on every host with QEMU and sbtui installed;
 one thread per worker process because each job is one QEMU that wants a core
 of its own). Workers need no shared file system: every job travels as bytes
-(:mod:`engine.parallel.job`), the guest's kernel and initrd once per run,
-scattered to every worker.
+(:mod:`engine.parallel.job`), the guest's kernel and initrd once per run, as
+a task every job depends on (Dask copies its result from worker to worker,
+and computes it again if every holder dies).
 
 Promises:
 
@@ -181,6 +182,10 @@ def _takes_n_workers(client) -> bool:
 # Running jobs
 # --------------------------------------------------------------------------
 
+def _identity(data: bytes) -> bytes:
+    return data
+
+
 def dask_job(job_bytes: bytes, guest_bytes: bytes) -> bytes:
     """The task a Dask worker runs: says it started, then runs the job from bytes."""
     try:
@@ -305,7 +310,11 @@ class DaskScheduler:
         try:
             self._check_workers(rec)
             client.subscribe_topic(TOPIC, on_event)
-            guest = client.scatter(guest_files(rec), broadcast=True, hash=False)
+            # The guest files as a task, not scattered data: a result Dask can
+            # compute again when the worker holding it dies (scattered data
+            # lost with its worker cancels every job that needs it).
+            guest = client.submit(_identity, guest_files(rec), key=f"sbtui-guest-{run_id}",
+                                  pure=False, retries=self.retries)
             pending = distributed.as_completed(loop=client.loop)
             ready: list = []            # built jobs not yet submitted, in plan order
             finished: list = []         # (future, index) done but not yet reported
