@@ -299,7 +299,16 @@ class ReplayDebugger:
         if target != start:
             say(f"replaying to icount {target}", -1.0)
             t0 = time.monotonic()
-            self._loop.run(self._s().run_to(target), timeout=None)
+            try:
+                self._loop.run(self._s().run_to(target), timeout=None)
+            except SbtuiError:
+                if not self._replay_exited(wait=3.0):
+                    raise
+                # The guest powered off (or the log ended) before the target:
+                # QEMU left. Come back to where we were and say so.
+                self._ran_off_end(here)
+                raise UsageError(f"icount {target} lies past the end of the replay: the "
+                                 f"guest powered off or the log ended first") from None
             took = time.monotonic() - t0
             if target - start > 1_000_000 and took > 0.05:
                 self._rate = (target - start) / took

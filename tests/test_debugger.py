@@ -19,6 +19,7 @@ import pytest
 
 from engine import api
 from engine.debugger import ReplayDebugger
+from engine.errors import UsageError
 from engine.recording.format import Recording
 from engine.session import RecordingSession
 from test_recording_support import tagged_qemus
@@ -120,3 +121,20 @@ def test_session_replay_and_close_leave_nothing_running(rec):
         assert dbg.registers()["rip"] != 0
         session.close()
         assert not _gdb_alive(dbg)
+
+
+def test_going_past_the_guests_power_off_is_a_clear_error_and_keeps_the_position(rec):
+    cps = rec.checkpoints()
+    end = rec.manifest.end_icount
+    assert end is not None and end > cps[-1].icount
+    with tagged_qemus():
+        dbg = ReplayDebugger.start(rec, cps[-1].store_id)
+        try:
+            here = dbg.icount
+            regs = dbg.registers()
+            with pytest.raises(UsageError):
+                dbg.goto_icount(end)
+            assert dbg.icount == here
+            assert dbg.registers()["rip"] == regs["rip"]
+        finally:
+            dbg.close()
