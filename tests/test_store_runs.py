@@ -222,3 +222,39 @@ def test_pages_after_a_streak_of_random_ones_are_still_stored_and_compressed(tmp
     # a probe found the text again: most text pages are compressed despite the streak
     compressed = sum(w.locations[h][2] < 4096 for h, _p in items[40:80])
     assert compressed >= 30
+
+
+def test_pages_sent_again_in_later_rounds_match_the_per_page_path(tmp_path):
+    # live migration: every page once, then rounds that re-send dirtied pages
+    n = 300
+    recs = [("pc.ram", i * PAGE, page(f"r0.{i}") if i % 4 else None) for i in range(n)]
+    for rnd, step in ((1, 3), (2, 5), (3, 3)):
+        recs += [("pc.ram", i * PAGE, page(f"r{rnd}.{i}") if i % 2 else None)
+                 for i in range(0, n, step)]
+    data = build_stream([("pc.ram", n * PAGE), ("pc.bios", 2 * PAGE)], recs, parts=4)
+    with Store.open(tmp_path / "a", create=True) as a, \
+            Store.open(tmp_path / "b", create=True, codec=PagesOnlyCodec()) as b:
+        ia = a.import_stream(io.BytesIO(data), name="live")
+        ib = b.import_stream(io.BytesIO(data), name="live")
+        assert ia.stats == ib.stats
+        assert ia.stats.superseded_records == len(recs) - n
+        assert a.page_map(ia.id) == b.page_map(ib.id)
+        assert export(a, ia.id) == data
+        assert export(b, ib.id) == data
+
+
+def test_the_store_checks_the_export_end_to_end_itself(tmp_path, monkeypatch, streams):
+    # the codec is told to skip its own hash: the store's xxh3-128 must catch a wrong page
+    from engine.store import store as store_mod
+    with Store.open(tmp_path / "st", create=True) as s:
+        cid = s.import_stream(io.BytesIO(streams[0]), name="0").id
+        real = store_mod._ExportSource.runs
+
+        def wrong(self, index, block, offset, count):
+            pieces = real(self, index, block, offset, count)
+            return [[bytes(4096)] * len(p) if isinstance(p, list) else p for p in pieces]
+
+        monkeypatch.setattr(store_mod._ExportSource, "runs", wrong)
+        with pytest.raises(IntegrityError, match="exported stream") as exc:
+            s.export_stream(cid, io.BytesIO())
+        assert exc.value.checkpoint == cid

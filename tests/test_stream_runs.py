@@ -68,15 +68,18 @@ def page_data(seed: int) -> bytes:
 
 
 class RunSource:
-    """A run source answering from the split's runs, optionally in odd shapes."""
+    """A run source answering from the split's runs, optionally in odd shapes:
+    zero runs cut into single records, generators, data pages in lists."""
 
-    def __init__(self, runs: list[PageRun], *, split_zeros: bool = False, generators: bool = False):
+    def __init__(self, runs: list[PageRun], *, split_zeros: bool = False, generators: bool = False,
+                 lists: bool = False):
         self.pieces: dict[int, object] = {}   # record index -> page bytes or None
         for run in runs:
             for k in range(run.count):
                 self.pieces[run.index + k] = None if run.zero else bytes(run.page(k))
         self.split_zeros = split_zeros
         self.generators = generators
+        self.lists = lists
         self.calls: list[tuple[int, str, int, int]] = []
 
     def __call__(self, index, block, offset):
@@ -92,6 +95,11 @@ class RunSource:
                     out[-1] += 1
                 else:
                     out.append(1)
+            elif self.lists:
+                if out and isinstance(out[-1], list):
+                    out[-1].append(d)
+                else:
+                    out.append([d])
             else:
                 out.append(d)
         return iter(out) if self.generators else out
@@ -187,9 +195,9 @@ run_st = st.tuples(
 @given(sections=st.lists(st.lists(run_st, max_size=6), min_size=1, max_size=4),
        chunk=st.sampled_from([None, ("readinto", 1), ("readinto", 4097), ("readinto", 9000),
                               ("read", 13), ("read", 70000)]),
-       split_zeros=st.booleans(), generators=st.booleans())
+       split_zeros=st.booleans(), generators=st.booleans(), lists=st.booleans())
 def test_random_run_rich_streams_split_and_reassemble_identically(sections, chunk, split_zeros,
-                                                                  generators):
+                                                                  generators, lists):
     b = StreamBuilder(blocks=BLOCKS).header().configuration().ram_start(1)
     seed = 0
     for n, sec in enumerate(sections):
@@ -215,10 +223,14 @@ def test_random_run_rich_streams_split_and_reassemble_identically(sections, chun
     check_runs(runs, recs)
     assert sp.skeleton == sp_pages.skeleton
 
-    src = RunSource(runs, split_zeros=split_zeros, generators=generators)
+    src = RunSource(runs, split_zeros=split_zeros, generators=generators, lists=lists)
     out = io.BytesIO()
     n = assemble_stream(sp.skeleton, src, out)
     assert out.getvalue() == data and n == len(data)
+    out = io.BytesIO()
+    assert assemble_stream(sp.skeleton, RunSource(runs, lists=not lists), out,
+                           check_hash=False) == len(data)
+    assert out.getvalue() == data
     # asked in stream order, each record once, and never more than a request's worth
     covered = [i for index, _b, _o, count in src.calls for i in range(index, index + count)]
     assert covered == list(range(len(recs)))
@@ -351,3 +363,37 @@ def test_a_plain_page_source_still_works_without_runs():
     out = io.BytesIO()
     assemble_stream(sp.skeleton, lambda i, b, o: by_index[i], out)
     assert out.getvalue() == data
+
+
+def test_list_pieces_are_checked_like_single_pages():
+    _d, sp, runs = _split_std()
+    good = RunSource(runs, lists=True)
+
+    class Short(RunSource):
+        def runs(self, index, block, offset, count):
+            out = good.runs(index, block, offset, count)
+            return [p if isinstance(p, int) else p[:-1] + [p[-1][:10]] for p in out]
+
+    class Long(RunSource):
+        def runs(self, index, block, offset, count):
+            out = good.runs(index, block, offset, count)
+            return out + [[bytes(4096)]]
+
+    with pytest.raises(StreamError, match="returned 10 bytes for page record"):
+        assemble_stream(sp.skeleton, Short(runs), io.BytesIO())
+    with pytest.raises(StreamError, match="more than"):
+        assemble_stream(sp.skeleton, Long(runs), io.BytesIO())
+
+
+def test_without_the_hash_check_other_content_is_the_callers_to_find_but_lengths_still_count():
+    data, sp, runs = _split_std()
+
+    class Other(RunSource):
+        def runs(self, index, block, offset, count):
+            return [p if isinstance(p, int) else bytes(4096) for p in super().runs(index, block, offset, count)]
+
+    out = io.BytesIO()
+    assert assemble_stream(sp.skeleton, Other(runs), out, check_hash=False) == len(data)
+    assert out.getvalue() != data
+    with pytest.raises(IntegrityError):
+        assemble_stream(sp.skeleton, Other(runs), io.BytesIO())

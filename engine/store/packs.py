@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import os
 import struct
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,12 @@ CODEC_RAW = 0
 CODEC_LZ4 = 1
 MAX_PAGE = 1 << 20  # no sane page is larger; bounds what a hostile header can make us allocate
 MAX_RECORD = REC_HEADER.size + MAX_PAGE
-WINDOW_BITS = 20    # readers cache 1 MiB windows of packs...
-WINDOWS = 16        # ...this many of them
+# Readers cache windows of packs, the least recently used dropped first. A
+# checkpoint's pages come from every import that stored one of them, so an
+# export walks many regions of the packs at once, each in order: many small
+# windows keep them all (16 MiB in all).
+WINDOW_BITS = 18    # 256 KiB windows...
+WINDOWS = 64        # ...this many of them
 _LENS = struct.Struct("<II")
 
 _xxh32 = xxhash.xxh32_intdigest
@@ -146,7 +151,8 @@ class PackReader:
     def __init__(self, directory: Path):
         self.directory = directory
         self._fds: dict[int, int] = {}
-        self._windows: dict[tuple[int, int], bytes] = {}
+        self._windows: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._windows_lock = threading.Lock()   # a Store may be shared by threads
 
     def _fd(self, pack_id: int) -> int:
         fd = self._fds.get(pack_id)
@@ -172,7 +178,8 @@ class PackReader:
 
     def forget(self, pack_id: int | None = None) -> None:
         ids = list(self._fds) if pack_id is None else [pack_id]
-        self._windows.clear()
+        with self._windows_lock:
+            self._windows.clear()
         for pid in ids:
             fd = self._fds.pop(pid, None)
             if fd is not None:
@@ -199,7 +206,8 @@ class PackReader:
             page = _quick_decode(buf, length, digest)
             if page is not None:
                 return page
-            self._windows.clear()
+            with self._windows_lock:
+                self._windows.clear()
         return self._read_checked(pack_id, offset, length, digest, checkpoint)
 
     def window(self, pack_id: int, offset: int) -> bytes:
@@ -207,16 +215,22 @@ class PackReader:
         pack's end; unverified bytes: callers check what they take from it)."""
         w = offset >> WINDOW_BITS
         key = (pack_id, w)
-        win = self._windows.get(key)
-        if win is None:
-            win = os.pread(self._fd(pack_id), 1 << WINDOW_BITS, w << WINDOW_BITS)
-            self._windows[key] = win
-            if len(self._windows) > WINDOWS:
-                try:   # oldest first; another thread may be evicting too
-                    self._windows.pop(next(iter(self._windows)), None)
-                except (RuntimeError, StopIteration):
-                    pass
+        windows = self._windows
+        with self._windows_lock:
+            win = windows.get(key)
+            if win is not None:
+                windows.move_to_end(key)
+                return win
+        win = os.pread(self._fd(pack_id), 1 << WINDOW_BITS, w << WINDOW_BITS)
+        with self._windows_lock:
+            windows[key] = win
+            while len(windows) > WINDOWS:
+                windows.popitem(last=False)
         return win
+
+    def record_bytes(self, pack_id: int, offset: int, length: int) -> bytes:
+        """The raw bytes of one record, read directly (unverified, like a window)."""
+        return os.pread(self._fd(pack_id), length, offset)
 
     def _window_bytes(self, pack_id: int, offset: int, length: int):
         w = offset >> WINDOW_BITS
@@ -225,7 +239,8 @@ class PackReader:
         win = self.window(pack_id, offset)
         rel = offset - (w << WINDOW_BITS)
         if rel + length > len(win):
-            self._windows.pop((pack_id, w), None)   # the pack has grown since: read it afresh
+            with self._windows_lock:   # the pack has grown since: read it afresh
+                self._windows.pop((pack_id, w), None)
             return None
         return memoryview(win)[rel:rel + length]
 

@@ -27,7 +27,8 @@ from engine.errors import NotFoundError
 ENTRY = 16
 ZERO = b"\xff" * ENTRY
 ABSENT = b"\x00" * ENTRY
-_CHUNK = 256   # entries compared at once before looking at single entries
+_CHUNK = 256   # entries compared at once before looking at single entries...
+_SUB = 16      # ...and then this many
 
 
 @dataclass(slots=True)
@@ -138,15 +139,20 @@ def diff(parent: PageMap | None, child: PageMap) -> Delta:
         idx = array("I")
         out = bytearray()
         step = ENTRY * _CHUNK
+        sub = ENTRY * _SUB
         for a in range(0, common * ENTRY, step):
             b = min(a + step, common * ENTRY)
             if new[a:b] == old[a:b]:
                 continue
-            for p in range(a, b, ENTRY):
-                e = new[p:p + ENTRY]
-                if e != old[p:p + ENTRY]:
-                    idx.append(p // ENTRY)
-                    out += e
+            for c in range(a, b, sub):      # then smaller chunks, then single entries
+                d = min(c + sub, b)
+                if new[c:d] == old[c:d]:
+                    continue
+                for p in range(c, d, ENTRY):
+                    e = new[p:p + ENTRY]
+                    if e != old[p:p + ENTRY]:
+                        idx.append(p // ENTRY)
+                        out += e
         for p in range(common * ENTRY, n * ENTRY, ENTRY):
             e = new[p:p + ENTRY]
             if e != ABSENT:

@@ -42,6 +42,7 @@ reused, so the recorder's checkpoint 0..n are "0000".. in an empty store.
 
 from __future__ import annotations
 
+import inspect
 import os
 import stat
 import threading
@@ -91,6 +92,17 @@ _pack_fixed = REC_FIXED.pack
 _WINDOW = 1 << WINDOW_BITS
 _LEN_MASK = (1 << 21) - 1   # export hints: offset << 21 | record length (at most 1 MiB + header)
 _CMP_PAGES = 32   # entries compared with the parent's at once before looking at single pages
+_ONES = b"\x01" * 65536
+_BATCH = 512      # new pages handed to the pack writer's thread at once, at most,
+_BATCH_BUFFERS = 4   # and views into at most this many of the codec's read buffers
+
+
+def _records_of(log: list[tuple[int, int, int]], pages: int) -> array:
+    """Each page's last record (-1: none), from a block's runs in stream order."""
+    ri = array("q", [-1]) * pages
+    for first, end, record in log:
+        ri[first:end] = array("q", range(record, record + end - first))
+    return ri
 
 
 def _one_record_runs(pages) -> Iterator[PageRun]:
@@ -242,6 +254,14 @@ class _HashingWriter:
 def _default_codec():
     from engine.stream import migration
     return migration
+
+
+def _takes_check_hash(codec) -> bool:
+    """Whether the codec's ``assemble_stream`` has the ``check_hash`` option."""
+    try:
+        return "check_hash" in inspect.signature(codec.assemble_stream).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _source_size(src: BinaryIO) -> int | None:
@@ -573,7 +593,11 @@ class Store:
         source = _ExportSource(self, m.id, pm, mf.read_superseded(m))
         skeleton = mf.read_skeleton(m)
         out = _HashingWriter(dst)
-        self.codec.assemble_stream(skeleton, source, out)
+        if _takes_check_hash(self.codec):
+            # this end-to-end check (xxh3-128) makes the codec's own hash redundant
+            self.codec.assemble_stream(skeleton, source, out, check_hash=False)
+        else:
+            self.codec.assemble_stream(skeleton, source, out)
         if out.count != m.raw_bytes or out.digest() != m.stream_hash:
             raise IntegrityError(f"exported stream is {out.count} bytes with hash "
                                  f"{out.digest().hex()}, imported one was {m.raw_bytes} bytes "
@@ -696,7 +720,12 @@ class Store:
         differ from the parent are looked up and perhaps compressed.
         """
         maps: dict[str, bytearray] = {}
-        rec_index: dict[str, array] = {}
+        # per block: which pages the stream sent (1 byte each), and its runs
+        # (first page, end page, first record) to find a re-sent page's record
+        sent_by_block: dict[str, bytearray] = {}
+        runs_by_block: dict[str, list[tuple[int, int, int]]] = {}
+        # per block, once the stream re-sends one of its pages: each page's last record
+        rec_by_block: dict[str, array] = {}
         superseded: dict[int, bytes] = {}
         seen: set[bytes] = set()
         seen_add = seen.add
@@ -706,16 +735,21 @@ class Store:
         xxh = _xxh3_128
         runs = split.runs() if hasattr(split, "runs") else _one_record_runs(split.pages())
         cur_block = None
-        m = ri = None
+        m = sent = log = ri = None
         mlen = 0
         pm: bytes | bytearray = b""
         data_pages = intra = new = 0
         records = 0
+        batch: list[tuple[bytes, memoryview]] = []
+        batch_obj = None
+        batch_buffers = 0
         for run in runs:
             if run.block != cur_block:
                 cur_block = run.block
                 m = maps.setdefault(cur_block, bytearray())
-                ri = rec_index.setdefault(cur_block, array("q"))
+                sent = sent_by_block.setdefault(cur_block, bytearray())
+                log = runs_by_block.setdefault(cur_block, [])
+                ri = rec_by_block.get(cur_block)
                 pm = parent_blocks.get(cur_block, b"")
                 mlen = len(m)
             n = run.count
@@ -731,17 +765,24 @@ class Store:
                     raise StoreError(f"page record {run.index + mf.MAX_PAGES - page} is at "
                                      f"{run.block}+{mf.MAX_PAGES * PAGE_SIZE:#x}: RAM beyond "
                                      f"{mf.MAX_PAGES * PAGE_SIZE >> 30} GiB is not supported")
-                grow = min(max(end, 2 * len(ri)), mf.MAX_PAGES) - len(ri)
+                grow = min(max(end, 2 * len(sent)), mf.MAX_PAGES) - len(sent)
                 m += bytes(grow * ENTRY)
-                ri.extend(array("q", [-1]) * grow)
+                sent += bytes(grow)
+                if ri is not None:
+                    ri.extend(array("q", [-1]) * grow)
                 mlen = len(m)
-            if max(ri[page:end]) >= 0:
-                # the stream sent some of these pages before: keep those records' content
+            if sent.find(1, page, end) >= 0:
+                # the stream sent some of these pages before (live migration does):
+                # keep those records' content
+                if ri is None:
+                    ri = rec_by_block[cur_block] = _records_of(log, len(sent))
                 for k in range(page, end):
-                    old = ri[k]
-                    if old >= 0:
-                        superseded[old] = bytes(m[k << 4:(k << 4) + ENTRY])
-            ri[page:end] = array("q", range(records, records + n))
+                    if sent[k]:
+                        superseded[ri[k]] = bytes(m[k << 4:(k << 4) + ENTRY])
+            sent[page:end] = _ONES[:n] if n <= len(_ONES) else b"\x01" * n
+            log.append((page, end, records))
+            if ri is not None:
+                ri[page:end] = array("q", range(records, records + n))
             records += n
             d = run.data
             if d is None:
@@ -763,7 +804,6 @@ class Store:
                 seen_update(hashes)
                 intra += n - (len(seen) - before)
                 continue
-            batch = []
             for a in range(0, n, _CMP_PAGES):
                 b = min(a + _CMP_PAGES, n)
                 if hs[a << 4:b << 4] == old_entries[a << 4:b << 4]:
@@ -785,15 +825,22 @@ class Store:
                     q = o + k * stride
                     batch.append((h, d[q:q + PAGE_SIZE]))
             if batch:
-                # compressed and written by the pack writer's thread, beside this loop
-                append_pages(batch)
-                new += len(batch)
+                if d.obj is not batch_obj:      # the pages are views: count the buffers held
+                    batch_obj = d.obj
+                    batch_buffers += 1
+                if len(batch) >= _BATCH or batch_buffers >= _BATCH_BUFFERS:
+                    # compressed and written by the pack writer's thread, beside this loop
+                    new += len(batch)
+                    append_pages(batch)
+                    batch = []
+                    batch_buffers = 0
+                    batch_obj = None
+        if batch:
+            new += len(batch)
+            append_pages(batch)
         # trim the growth slack to the pages actually seen
         for name, mm in maps.items():
-            last = len(rec_index[name])
-            while last and rec_index[name][last - 1] < 0:
-                last -= 1
-            del mm[last * ENTRY:]
+            del mm[(sent_by_block[name].rfind(1) + 1) * ENTRY:]
         st.page_records = records
         st.zero_pages = records - data_pages
         st.data_pages = data_pages
@@ -1063,6 +1110,7 @@ class _ExportSource:
         self.read_page = store.read_page
         self.lookup = store._index.lookup
         self.window = store._packs.window
+        self.record_bytes = store._packs.record_bytes
         self.recent: dict[bytes, bytes] = {}
         self.cur_name: str | None = None
         self.cur_map = b""
@@ -1134,11 +1182,15 @@ class _ExportSource:
                                  f"{index + len(ents) // ENTRY} ({block}+"
                                  f"{offset + (len(ents) // ENTRY << 12):#x})", checkpoint=self.cid)
         old_ents, old_pid, old_loc, new_pid, new_loc = self._hints_for(block, bm)
+        # the previous export's locations hold where its map had the same entry
+        same = old_ents[p:p + len(ents)] == ents
         pieces: list = []
-        append = pieces.append
+        stretch: list = []          # consecutive data pages: one list piece
+        append = stretch.append
         recent = self.recent
         lookup = self.lookup
         window = self.window
+        record_bytes = self.record_bytes
         xxh = _xxh3_128
         decompress = _lz4_decompress
         pack_fixed = _pack_fixed
@@ -1151,41 +1203,51 @@ class _ExportSource:
             q = k << 4
             e = ents[q:q + ENTRY]
             if e == ZERO:
+                if stretch:
+                    pieces.append(stretch)
+                    stretch = []
+                    append = stretch.append
                 z = _zero_entries(ents, k, count - k)
-                append(z)
+                pieces.append(z)
                 k += z
                 continue
             page = recent.get(e)
             if page is None:
                 j = first + k
-                loc = old_loc[j] if old_ents[p + q:p + q + ENTRY] == e else 0
+                loc = old_loc[j] if same or old_ents[p + q:p + q + ENTRY] == e else 0
                 if loc:
                     pid, off, length = old_pid[j], loc >> 21, loc & _LEN_MASK
                 else:
                     where = lookup(e)
                     pid, off, length = where if where is not None else (-1, 0, 0)
                 if pid >= 0:
-                    if pid != wpid or not wbase <= off < wbase + _WINDOW:
-                        try:
+                    try:
+                        if pid != wpid or not wbase <= off < wbase + _WINDOW:
                             win = window(pid, off)
-                        except (OSError, StoreError):   # gone (gc) or damaged: the slow path says
-                            win = b""
-                        wpid = pid
-                        wbase = off >> WINDOW_BITS << WINDOW_BITS
-                    o = off - wbase
+                            wpid = pid
+                            wbase = off >> WINDOW_BITS << WINDOW_BITS
+                        buf = win
+                        o = off - wbase
+                        if o + length > len(win):      # runs past the window: read it alone
+                            buf = record_bytes(pid, off, length)
+                            o = 0
+                    except (OSError, StoreError):   # gone (gc) or damaged: the slow path says
+                        buf = b""
+                        o = 0
+                        wpid = -1
                     end = o + length
-                    if end <= len(win):
-                        codec = win[o + 4]
+                    if end <= len(buf):
+                        codec = buf[o + 4]
                         # the record must be the one expected: magic, codec, hash and
                         # lengths (the page's own hash is checked below)
-                        if win[o:o + REC_CHECKED] == pack_fixed(REC_MAGIC, codec, e, PAGE_SIZE,
-                                                                length - REC_SIZE):
+                        if buf.startswith(pack_fixed(REC_MAGIC, codec, e, PAGE_SIZE,
+                                                     length - REC_SIZE), o):
                             try:
                                 if codec == CODEC_LZ4:
-                                    page = decompress(win[o + REC_SIZE:end],
+                                    page = decompress(buf[o + REC_SIZE:end],
                                                       uncompressed_size=PAGE_SIZE)
                                 elif codec == CODEC_RAW:
-                                    page = win[o + REC_SIZE:end]
+                                    page = buf[o + REC_SIZE:end]
                             except Exception:   # noqa: BLE001 - judged in full by the slow path
                                 page = None
                             if page is not None and (len(page) != PAGE_SIZE or xxh(page) != e):
@@ -1201,6 +1263,8 @@ class _ExportSource:
                     recent[e] = page
             append(page)
             k += 1
+        if stretch:
+            pieces.append(stretch)
         return pieces
 
 

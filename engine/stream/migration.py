@@ -75,8 +75,10 @@ from __future__ import annotations
 
 import struct
 import sys
+import threading
 from array import array
 from bisect import bisect_left
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
@@ -156,8 +158,8 @@ _PAGE_CONT = FLAG_PAGE | FLAG_CONTINUE
 _ZERO_REC = 8 + 1
 _PAGE_REC = 8 + PAGE_SIZE
 _LITTLE = sys.byteorder == "little"
-_FIRST_ZERO_PROBE = 16       # zero records compared in the first probe; each next probe x4
-_MAX_ZERO_PROBE = 1 << 14
+_WINDOW_PAGES = 4096          # records of one template window (16 MiB of guest RAM)
+_TEMPLATES_KEPT = 160         # windows kept (about 5 MiB), least recently used dropped
 
 
 def _headers(first: int, n: int) -> bytes:
@@ -168,13 +170,49 @@ def _headers(first: int, n: int) -> bytes:
     return a.tobytes()
 
 
-def _zero_records(first: int, n: int) -> bytearray:
-    """The bytes of ``n`` ZERO records with fill byte 0 and headers from ``first`` on."""
-    hb = _headers(first, n)
-    out = bytearray(_ZERO_REC * n)
-    for j in range(8):
-        out[j::_ZERO_REC] = hb[j::8]
-    return out
+_templates: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+_templates_lock = threading.Lock()
+
+
+def _window(flags: int, unit: int, w: int) -> bytes:
+    """The records of pages ``w * 4096 .. w * 4096 + 4095`` with CONTINUE ``flags``:
+    ``unit`` 9 for ZERO records (fill byte 0), 8 for record headers alone.
+
+    Within a window, a header's upper five bytes are the window number and
+    the lower three follow the page, so a window is the first one with five
+    byte columns overwritten: built once, then kept.
+    """
+    key = (flags, unit, w)
+    with _templates_lock:   # threads share the codec (an import beside an export)
+        t = _templates.get(key)
+        if t is not None:
+            _templates.move_to_end(key)
+            return t
+    if w == 0:
+        hb = _headers(flags, _WINDOW_PAGES)
+        out = bytearray(unit * _WINDOW_PAGES)
+        for j in range(8):
+            out[j::unit] = hb[j::8]
+    else:
+        out = bytearray(_window(flags, unit, 0))
+        for j, byte in enumerate(w.to_bytes(5, "big")):
+            out[j::unit] = bytes([byte]) * _WINDOW_PAGES
+    t = bytes(out)
+    with _templates_lock:
+        _templates[key] = t
+        if len(_templates) > _TEMPLATES_KEPT:
+            _templates.popitem(last=False)
+    return t
+
+
+def _template_pieces(flags: int, unit: int, page: int, n: int) -> Iterator[memoryview]:
+    """The records of ``n`` pages from ``page`` on, as views of window templates."""
+    while n > 0:
+        w, off = divmod(page, _WINDOW_PAGES)
+        k = min(n, _WINDOW_PAGES - off)
+        yield memoryview(_window(flags, unit, w))[off * unit:(off + k) * unit]
+        page += k
+        n -= k
 
 
 def _matching(buf, p: int, expected, unit: int, n: int) -> int:
@@ -193,32 +231,32 @@ def _matching(buf, p: int, expected, unit: int, n: int) -> int:
     return lo
 
 
-def _more_zero(buf: bytes, p: int, first: int, limit: int) -> int:
-    """ZERO records (fill 0, CONTINUE) for pages ``first``, ``first + 4096``... at ``buf[p:]``.
-
-    Probes grow geometrically, so the work stays proportional to the run found.
-    """
+def _continuing(buf, p: int, flags: int, unit: int, page: int, limit: int) -> int:
+    """How many of the next ``limit`` records at ``buf[p:]`` (``unit`` bytes
+    each) are the templates' records for pages ``page``, ``page + 1``..."""
     total = 0
-    n = _FIRST_ZERO_PROBE
-    while total < limit:
-        n = min(n, limit - total)
-        k = _matching(buf, p + total * _ZERO_REC, _zero_records(first + total * PAGE_SIZE, n),
-                      _ZERO_REC, n)
-        total += k
-        if k < n:
+    for view in _template_pieces(flags, unit, page, limit):
+        k = len(view) // unit
+        got = _matching(buf, p + total * unit, view, unit, k)
+        total += got
+        if got < k:
             break
-        n = min(n * 4, _MAX_ZERO_PROBE)
     return total
 
 
-def _more_pages(buf: bytes, p: int, first: int, limit: int) -> int:
-    """PAGE records (CONTINUE) for pages ``first``, ``first + 4096``... at ``buf[p:]``:
+def _more_zero(buf, p: int, page: int, limit: int) -> int:
+    """ZERO records (fill 0, CONTINUE) for pages ``page``, ``page + 1``... at ``buf[p:]``."""
+    return _continuing(buf, p, _ZERO_CONT, _ZERO_REC, page, limit)
+
+
+def _more_pages(buf, p: int, page: int, limit: int) -> int:
+    """PAGE records (CONTINUE) for pages ``page``, ``page + 1``... at ``buf[p:]``:
     their headers are gathered with strided slices and compared at once."""
     actual = bytearray(8 * limit)
     span = _PAGE_REC * (limit - 1) + 1
     for j in range(8):
         actual[j::8] = buf[p + j:p + j + span:_PAGE_REC]
-    return _matching(actual, 0, _headers(first, limit), 8, limit)
+    return _continuing(actual, 0, _PAGE_CONT, 8, page, limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -757,7 +795,7 @@ class _Parser:
                     count = 1
                     limit = min((len(buf) - p) // _PAGE_REC, left)
                     if limit > 0:
-                        more = _more_pages(buf, p, (addr + PAGE_SIZE) | _PAGE_CONT, limit)
+                        more = _more_pages(buf, p, (addr >> 12) + 1, limit)
                         count += more
                         p += more * _PAGE_REC
                     run = PageRun(self.records, block.name, addr, count,
@@ -777,7 +815,7 @@ class _Parser:
                     else:
                         limit = min((len(buf) - p) // _ZERO_REC, left)
                         if limit > 0:
-                            more = _more_zero(buf, p, (addr + PAGE_SIZE) | _ZERO_CONT, limit)
+                            more = _more_zero(buf, p, (addr >> 12) + 1, limit)
                             count += more
                             p += more * _ZERO_REC
                     run = PageRun(self.records, block.name, addr, count)
@@ -906,7 +944,8 @@ def _load_skeleton(skeleton: bytes) -> dict:
     return body
 
 
-def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO) -> int:
+def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO, *,
+                    check_hash: bool = True) -> int:
     """Write the stream described by ``skeleton`` to ``dst``; returns the bytes written.
 
     ``page_source(index, block, offset)`` is called once per page record in
@@ -917,13 +956,16 @@ def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO) -> 
     when the result's length or hash differs from the original stream's
     (after writing it); :class:`StreamError` when the page source answers
     with something that is not a page or covers the wrong number of records.
+    ``check_hash=False`` leaves out the hash (not the length) for a caller
+    that checks the bytes written with a hash of its own (the store does,
+    with xxh3-128): one pass over the stream less.
     """
     body = _load_skeleton(skeleton)
     blocks = [(str(name), int(length)) for name, length in body["blocks"]]
     fills = {int(i): int(f) for i, f in body["fills"]}
     fill_at = sorted(fills)
     run_source = getattr(page_source, "runs", None)
-    hasher = xxhash.xxh3_64()
+    hasher = xxhash.xxh3_64() if check_hash else None
     out = bytearray()
     total = 0
     index = 0
@@ -931,12 +973,16 @@ def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO) -> 
     page_hdr = FLAG_PAGE
     zero_hdr = FLAG_ZERO
 
-    def flush() -> None:
+    def emit(data) -> None:
         nonlocal total
+        dst.write(data)
+        if hasher is not None:
+            hasher.update(data)
+        total += len(data)
+
+    def flush() -> None:
         if out:
-            dst.write(out)
-            hasher.update(out)
-            total += len(out)
+            emit(out)
             out.clear()
 
     for item in body["items"]:
@@ -953,7 +999,7 @@ def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO) -> 
             addr = page << 12
             if run_source is not None:
                 index = _assemble_run(run_source, name, counted if named else None, index,
-                                      addr, count, out, flush, fills, fill_at)
+                                      addr, count, out, flush, emit, fills, fill_at)
                 continue
             for k in range(count):
                 data = page_source(index, name, addr)
@@ -983,10 +1029,11 @@ def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO) -> 
     flush()
     if index != body["records"]:
         raise StreamError(f"skeleton holds {index} page records, its header says {body['records']}")
-    if total != body["raw_bytes"] or hasher.hexdigest() != body["xxh3"]:
+    digest = hasher.hexdigest() if hasher is not None else body["xxh3"]
+    if total != body["raw_bytes"] or digest != body["xxh3"]:
         raise IntegrityError(
             f"reassembled stream differs from the original: {total} bytes with xxh3 "
-            f"{hasher.hexdigest()}, expected {body['raw_bytes']} bytes with xxh3 {body['xxh3']} "
+            f"{digest}, expected {body['raw_bytes']} bytes with xxh3 {body['xxh3']} "
             "(the page source returned pages that were not the original ones)")
     return total
 
@@ -994,11 +1041,11 @@ def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO) -> 
 # Records asked of a run source at once: bounds what its answer holds (16 MiB
 # of pages at most), while a whole zero run still costs one call per request.
 _RUN_REQUEST = 4096
-_ZERO_CHUNK = _CHUNK // _ZERO_REC     # ZERO records written per template
+_LIST_PAGES = 256     # pages of a list piece written as one block (1 MiB)
 
 
 def _assemble_run(run_source, name: str, counted: bytes | None, index: int, addr: int,
-                  count: int, out: bytearray, flush, fills: dict[int, int],
+                  count: int, out: bytearray, flush, emit, fills: dict[int, int],
                   fill_at: list[int]) -> int:
     """Write ``count`` records of one skeleton run from a run source; returns the next index.
 
@@ -1012,6 +1059,51 @@ def _assemble_run(run_source, name: str, counted: bytes | None, index: int, addr
         want = min(count - done, _RUN_REQUEST)
         got = 0
         for piece in run_source(index, name, addr, want):
+            if piece.__class__ is list and counted is None:
+                # consecutive PAGE payloads: headers made by map(), records
+                # interleaved by slice assignment, written as one block
+                for a in range(0, len(piece), _LIST_PAGES):
+                    pages = piece[a:a + _LIST_PAGES]
+                    m = len(pages)
+                    if got + m > want:
+                        raise StreamError(f"run source answered more than the {want} records "
+                                          f"of the run at page record {index - got} ({name})")
+                    if set(map(len, pages)) != {PAGE_SIZE}:
+                        bad = next(k for k, pg in enumerate(pages) if len(pg) != PAGE_SIZE)
+                        raise StreamError(f"run source returned {len(pages[bad])} bytes for page "
+                                          f"record {index + bad} ({name}+{addr + bad * PAGE_SIZE:#x})"
+                                          f"; expected {PAGE_SIZE}")
+                    first = addr | page_cont
+                    parts: list = [None] * (2 * m)
+                    parts[0::2] = map(pack_u64, range(first, first + m * PAGE_SIZE, PAGE_SIZE))
+                    parts[1::2] = pages
+                    flush()
+                    emit(b"".join(parts))
+                    got += m
+                    index += m
+                    addr += m * PAGE_SIZE
+                continue
+            if piece.__class__ is list:     # the block's first record names it: one by one
+                for pg in piece:
+                    if got >= want:
+                        raise StreamError(f"run source answered more than the {want} records "
+                                          f"of the run at page record {index - got} ({name})")
+                    if len(pg) != PAGE_SIZE:
+                        raise StreamError(f"run source returned {len(pg)} bytes for page record "
+                                          f"{index} ({name}+{addr:#x}); expected {PAGE_SIZE}")
+                    got += 1
+                    if counted is not None:
+                        out += pack_u64(addr | FLAG_PAGE)
+                        out += counted
+                        counted = None
+                    else:
+                        out += pack_u64(addr | page_cont)
+                    out += pg
+                    index += 1
+                    addr += PAGE_SIZE
+                if len(out) >= _CHUNK:
+                    flush()
+                continue
             if piece.__class__ is int:
                 z = piece
                 if z <= 0 or got + z > want:
@@ -1034,14 +1126,13 @@ def _assemble_run(run_source, name: str, counted: bytes | None, index: int, addr
                         index += 1
                         addr += PAGE_SIZE
                     z = 0
-                while z:
-                    n = min(z, _ZERO_CHUNK)
-                    out += _zero_records(addr | _ZERO_CONT, n)
-                    index += n
-                    addr += n * PAGE_SIZE
-                    z -= n
-                    if len(out) >= _CHUNK:
-                        flush()
+                if z:
+                    for view in _template_pieces(_ZERO_CONT, _ZERO_REC, addr >> 12, z):
+                        out += view
+                        if len(out) >= _CHUNK:
+                            flush()
+                    index += z
+                    addr += z * PAGE_SIZE
                 continue
             if got >= want:
                 raise StreamError(f"run source answered more than the {want} records of the run "

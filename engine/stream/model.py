@@ -117,8 +117,9 @@ PageSource = Callable[[int, str, int], bytes | None]
 
 # run_source(index, block, offset, count) -> the payloads of the ``count``
 # consecutive page records starting with record ``index`` at ``block+offset``,
-# in order, as pieces: an ``int`` n stands for n ZERO records, anything else is
-# one PAGE record's 4096 bytes (any bytes-like object). The pieces must cover
+# in order, as pieces: an ``int`` n stands for n ZERO records, a ``list`` holds
+# the 4096-byte payloads of consecutive PAGE records, anything else is one
+# PAGE record's 4096 bytes (any bytes-like object). The pieces must cover
 # exactly ``count`` records. Called once per run of the skeleton, in stream
 # order; the codec may split a long run into several calls.
 RunSource = Callable[[int, str, int, int], Iterable["int | bytes | memoryview"]]
