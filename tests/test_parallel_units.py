@@ -203,3 +203,44 @@ def test_a_local_worker_that_dies_has_its_interval_run_again(tmp_path):
         _Rec(tmp_path), plan[:1], "verify", {"always": True}, {}, events.append)
     (last,) = [e for e in events if e.kind == "finished"]
     assert not last.result.ok and "died" in last.result.error and "ran 2 times" in last.result.error
+
+
+def test_a_last_interval_whose_log_ends_at_its_checkpoint_counts_as_the_end(monkeypatch, tmp_path):
+    """A recording that ended while the guest idled has a last interval of no
+    instructions; the replay QEMU carries out the recorded shutdown as soon as
+    the state is loaded. (The replay is stood in for: QEMU exits during the restore.)"""
+    import hashlib
+
+    import engine.replay.session as session_mod
+    from engine.errors import QemuDiedError
+    from engine.parallel.job import run_job
+    from engine.qemu import MachineSpec
+
+    exit_code = {"value": 0}
+
+    class EndsWhileLoading:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        async def __aenter__(self):
+            raise QemuDiedError("QEMU exited during QMP command 'query-replay'",
+                                exit_code=exit_code["value"])
+
+        async def __aexit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(session_mod, "ReplaySession", EndsWhileLoading)
+    kernel = b"not really a kernel" * 10
+    digest = hashlib.sha256(kernel).hexdigest()
+    spec = MachineSpec(memory_mib=128, kernel="kernel", icount_shift=2, rr="record",
+                       rrfile="replay.log").to_dict()
+    job = _job(end_icount=None, final_icount=100, analysis="writeset", params={"step": 10},
+               guest={"kernel": digest}, spec=spec)
+    result = run_job(job, guest={digest: kernel}, base=tmp_path)
+    assert result.error == "" and result.exit_code == 0
+    assert result.output["working_set"] == 0 and result.output["steps"] == [[100, b""]]
+    assert list(tmp_path.iterdir()) == []          # the job's directory is gone
+
+    exit_code["value"] = 1                          # any other exit is the job's failure
+    result = run_job(job, guest={digest: kernel}, base=tmp_path)
+    assert "exited" in result.error and result.exit_code is None

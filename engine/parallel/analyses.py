@@ -328,7 +328,7 @@ def _summarize_writeset(rec, index: int, result) -> dict[str, Any]:
     cp, nxt = cps[index], cps.get(index + 1)
     store = rec.store
     start_map = store.page_map(cp.store_id)
-    if MAIN_RAM in start_map:
+    if MAIN_RAM in start_map and out.get("start_digest") is not None:
         start_raw = _norm_entries(start_map.raw(MAIN_RAM))
         out["start_matches"] = xxhash.xxh3_128_digest(start_raw) == out.get("start_digest")
     union = bytearray(out.get("ram_pages", 0))
@@ -348,6 +348,16 @@ def _summarize_writeset(rec, index: int, result) -> dict[str, Any]:
 # The registry
 # --------------------------------------------------------------------------
 
+def _empty_verify(job, ram_bytes: int) -> dict[str, Any]:
+    return {}
+
+
+def _empty_writeset(job, ram_bytes: int) -> dict[str, Any]:
+    end = job.final_icount if job.final_icount is not None else job.start_icount
+    return {"step": int(job.params.get("step") or 0), "steps": [[end, b""]], "working_set": 0,
+            "ram_pages": ram_bytes // PAGE_SIZE, "start_digest": None, "end_digest": None}
+
+
 @dataclass(frozen=True)
 class Analysis:
     name: str
@@ -355,6 +365,8 @@ class Analysis:
     run: Callable[[Any], Awaitable[None]]
     summarize: Callable[[Any, int, Any], dict[str, Any]]
     needs_memory_file: bool = False
+    # The output for an interval with nothing to replay (the log ended at its checkpoint).
+    empty_output: Callable[[Any, int], dict[str, Any]] = _empty_verify
 
 
 ANALYSES: dict[str, Analysis] = {
@@ -362,7 +374,8 @@ ANALYSES: dict[str, Analysis] = {
                                  "checkpoint (as 'sbtui verify')", _run_verify, _summarize_verify),
     "writeset": Analysis("writeset", "pages whose content changed in each sub-step of every "
                                      "interval (finer heatmap, working-set size)",
-                         _run_writeset, _summarize_writeset, needs_memory_file=True),
+                         _run_writeset, _summarize_writeset, needs_memory_file=True,
+                         empty_output=_empty_writeset),
 }
 
 

@@ -60,7 +60,7 @@ from typing import Any, BinaryIO
 import msgpack
 import xxhash
 
-from engine.errors import ReplayError, SbtuiError
+from engine.errors import QemuDiedError, ReplayError, SbtuiError
 from engine.recording.format import (GUEST_DIR, REPLAY_LOG, CheckpointEntry, Manifest, Recording)
 
 JOB_FORMAT = 1
@@ -446,15 +446,28 @@ async def _run(job: IntervalJob, guest: dict[str, bytes], name: str, base: Path)
             for off in range(0, len(view), _CHUNK):
                 dst.write(view[off:off + _CHUNK])
 
-        async with ReplaySession(rec, entry, source=source, start_icount=entry.icount,
-                                 workdir=work / "replay") as rs:
-            result.timings["restore_s"] = rs.restore_s or 0.0
-            del stream   # the pipe has it; a 100 MB job should not hold it twice
-            ctx = JobContext(job=job, session=rs, memory_path=memory_path,
-                             ram_bytes=int(MachineSpec.from_dict(rec.manifest.spec).memory_mib) << 20,
-                             result=result)
-            await analysis.run(ctx)
-            result.console = rs.console_bytes()
+        ram_bytes = int(MachineSpec.from_dict(rec.manifest.spec).memory_mib) << 20
+        restored = False
+        try:
+            async with ReplaySession(rec, entry, source=source, start_icount=entry.icount,
+                                     workdir=work / "replay") as rs:
+                restored = True
+                stream = b""   # the pipe has it; a 100 MB job should not hold it twice
+                result.timings["restore_s"] = rs.restore_s or 0.0
+                ctx = JobContext(job=job, session=rs, memory_path=memory_path,
+                                 ram_bytes=ram_bytes, result=result)
+                await analysis.run(ctx)
+                result.console = rs.console_bytes()
+        except QemuDiedError as err:
+            # A recording that ended while the guest idled has a last interval
+            # without instructions: all that is left of its log is the recorded
+            # shutdown, which a replay QEMU carries out as soon as the state is
+            # loaded, paused or not. That is this interval's end of the log.
+            if restored or job.end_icount is not None or err.exit_code != 0:
+                raise
+            result.exit_code = 0
+            result.output = analysis.empty_output(job, ram_bytes)
+            result.timings["restore_s"] = time.monotonic() - t0
     finally:
         await asyncio.to_thread(shutil.rmtree, work, True)
     return result
