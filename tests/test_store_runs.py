@@ -258,3 +258,26 @@ def test_the_store_checks_the_export_end_to_end_itself(tmp_path, monkeypatch, st
         with pytest.raises(IntegrityError, match="exported stream") as exc:
             s.export_stream(cid, io.BytesIO())
         assert exc.value.checkpoint == cid
+
+
+def test_diff_and_apply_agree_with_entry_by_entry_maps():
+    import random
+
+    from engine.store.pagemap import ENTRY, PageMap, apply, diff
+    rng = random.Random(11)
+    for _ in range(40):
+        n = rng.randrange(1, 3000)
+        old = bytearray(b"".join(rng.randbytes(16) for _ in range(n)))
+        new = bytearray(old)
+        for _ in range(rng.randrange(0, 40)):          # stretches and single pages change
+            a = rng.randrange(n)
+            for i in range(a, min(n, a + rng.choice([1, 1, 2, 17, 300]))):
+                new[i * ENTRY:(i + 1) * ENTRY] = rng.randbytes(16)
+        grow = rng.choice([0, 0, 5])
+        new += b"".join(rng.randbytes(16) for _ in range(grow))
+        parent, child = PageMap({"b": old}), PageMap({"b": new})
+        d = diff(parent, child)
+        changed = [i for i in range(n + grow)
+                   if i >= n or new[i * ENTRY:(i + 1) * ENTRY] != old[i * ENTRY:(i + 1) * ENTRY]]
+        assert list(d["b"].indices) == changed
+        assert apply(parent, d) == child

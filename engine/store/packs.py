@@ -388,6 +388,8 @@ class PackWriter:
         self.locations: dict[bytes, tuple[int, int, int]] = {}   # append_pages: digest -> where
         self._direct = False    # True inside the background thread's batches: write, do not queue
         self._raw_streak = 0    # pages in a row that did not compress (append_pages)
+        self._wbuf: bytearray | None = None   # append_pages: records laid out here...
+        self._wpos = 0                        # ...up to here
         self._unsynced = 0
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbtui-pack-writer")
         self._pending: deque[Future] = deque()
@@ -469,15 +471,21 @@ class PackWriter:
         unrolled, and pages in a stretch that does not compress are not tried
         one by one (see ``RAW_STREAK``)."""
         self._direct = True
+        if self._wbuf is None:
+            # records are laid out in place in one buffer that is reused:
+            # appending to a bytearray and clearing it would reallocate it
+            self._wbuf = bytearray(self.FLUSH_AT + MAX_RECORD)
+        wbuf = self._wbuf
         locations = self.locations
-        buf = self._buf
+        checked = REC_CHECKED
         rec_size = REC_HEADER.size
         streak = self._raw_streak
         for digest, page in batch:
             if self._fd is None or self._pos >= self.target_size:
                 self._open_next()
-                buf = self._buf
             n = len(page)
+            if n > MAX_PAGE:
+                raise StoreError(f"a page of {n} bytes is larger than a pack record may hold")
             payload = page
             codec = CODEC_RAW
             if streak < self.RAW_STREAK or streak % self.RAW_PROBE == 0:
@@ -489,29 +497,34 @@ class PackWriter:
                     streak += 1
             else:
                 streak += 1
-            head = _pack_fixed(REC_MAGIC, codec, digest, n, len(payload))
-            length = rec_size + len(payload)
+            stored = len(payload)
+            head = _pack_fixed(REC_MAGIC, codec, digest, n, stored)
+            length = rec_size + stored
             locations[digest] = (self._pack_id, self._pos, length)
-            buf += head
-            buf += _xxh32(head).to_bytes(4, "little")
-            buf += payload
+            w = self._wpos
+            wbuf[w:w + checked] = head
+            wbuf[w + checked:w + rec_size] = _xxh32(head).to_bytes(4, "little")
+            wbuf[w + rec_size:w + length] = payload
+            self._wpos = w + length
             self._pos += length
             self.bytes_written += length
-            if len(buf) >= self.FLUSH_AT:
+            if self._wpos >= self.FLUSH_AT:
                 self._flush()
         self._raw_streak = streak
 
     def _flush(self) -> None:
+        if self._wpos and self._fd is not None:
+            # append_pages' buffer, written by the thread that filled it (or by
+            # commit once that thread is done)
+            with memoryview(self._wbuf) as view:
+                _write_all(self._fd, view[:self._wpos])
+            self._unsynced += self._wpos
+            self._wpos = 0
+            if self._direct and self._unsynced >= self.SYNC_EVERY:
+                # start the disk on it now, so commit's fsync has little left to wait for
+                os.fdatasync(self._fd)
+                self._unsynced = 0
         if self._buf and self._fd is not None:
-            if self._direct:   # already in the background thread
-                _write_all(self._fd, self._buf)
-                self._unsynced += len(self._buf)
-                self._buf.clear()
-                if self._unsynced >= self.SYNC_EVERY:
-                    # start the disk on it now, so commit's fsync has little left to wait for
-                    os.fdatasync(self._fd)
-                    self._unsynced = 0
-                return
             # bound the memory queued behind a slow disk
             while len(self._pending) >= self.MAX_QUEUED:
                 self._pending.popleft().result()
@@ -555,6 +568,7 @@ class PackWriter:
             os.close(self._fd)
             self._fd = None
         self._buf.clear()
+        self._wpos = 0
         for pack_id, length in self._touched.items():
             path = self.directory / pack_name(pack_id)
             if pack_id in self._created:

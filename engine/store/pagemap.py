@@ -197,8 +197,16 @@ def apply_in_place(m: PageMap, delta: Delta) -> PageMap:
 
 def _apply_block(m: bytearray, d: BlockDelta) -> None:
     e = d.entries
-    for k, i in enumerate(d.indices):
-        m[i * ENTRY:i * ENTRY + ENTRY] = e[k * ENTRY:k * ENTRY + ENTRY]
+    idx = d.indices
+    n = len(idx)
+    k = 0
+    while k < n:   # consecutive pages (dirty pages come in stretches) in one slice each
+        i = idx[k]
+        j = k + 1
+        while j < n and idx[j] == i + j - k:
+            j += 1
+        m[i * ENTRY:(i + j - k) * ENTRY] = e[k * ENTRY:j * ENTRY]
+        k = j
 
 
 def delta_hashes(delta: Delta) -> set[bytes]:

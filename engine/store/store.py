@@ -94,7 +94,7 @@ _LEN_MASK = (1 << 21) - 1   # export hints: offset << 21 | record length (at mos
 _CMP_PAGES = 32   # entries compared with the parent's at once before looking at single pages
 _ONES = b"\x01" * 65536
 _BATCH = 512      # new pages handed to the pack writer's thread at once, at most,
-_BATCH_BUFFERS = 4   # and views into at most this many of the codec's read buffers
+_BATCH_BUFFERS = 2   # and views into at most this many of the codec's read buffers
 
 
 def _records_of(log: list[tuple[int, int, int]], pages: int) -> array:
@@ -1108,7 +1108,7 @@ class _ExportSource:
         self.superseded = superseded
         self.superseded_at = sorted(superseded)
         self.read_page = store.read_page
-        self.lookup = store._index.lookup
+        self.segments = store._index.segments   # a copy, reordered by the lookups here
         self.window = store._packs.window
         self.record_bytes = store._packs.record_bytes
         self.recent: dict[bytes, bytes] = {}
@@ -1188,7 +1188,7 @@ class _ExportSource:
         stretch: list = []          # consecutive data pages: one list piece
         append = stretch.append
         recent = self.recent
-        lookup = self.lookup
+        segs = self.segments
         window = self.window
         record_bytes = self.record_bytes
         xxh = _xxh3_128
@@ -1218,7 +1218,15 @@ class _ExportSource:
                 if loc:
                     pid, off, length = old_pid[j], loc >> 21, loc & _LEN_MASK
                 else:
-                    where = lookup(e)
+                    # the segment of the last hit first: pages stored by one import
+                    # come in stretches (move to front; the index's order otherwise)
+                    where = None
+                    for i, seg in enumerate(segs):
+                        where = seg.lookup(e)
+                        if where is not None:
+                            if i:
+                                segs.insert(0, segs.pop(i))
+                            break
                     pid, off, length = where if where is not None else (-1, 0, 0)
                 if pid >= 0:
                     try:

@@ -1038,9 +1038,9 @@ def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO, *,
     return total
 
 
-# Records asked of a run source at once: bounds what its answer holds (16 MiB
-# of pages at most), while a whole zero run still costs one call per request.
-_RUN_REQUEST = 4096
+# Records asked of a run source at once: bounds what its answer holds (4 MiB
+# of pages at most), while a long zero run costs one call per this many records.
+_RUN_REQUEST = 1024
 _LIST_PAGES = 256     # pages of a list piece written as one block (1 MiB)
 
 
