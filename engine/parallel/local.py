@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import SbtuiError, UsageError
-from engine.parallel.job import JobResult, build_job, guest_roles, run_job, worker_name
+from engine.parallel.job import (JobResult, build_job, guest_roles, remove_stale_workdirs, run_job,
+                                 scratch_dir, worker_name)
 from engine.parallel.simulate import EventSink, PlannedInterval, SchedulerEvent
 from engine.recording.format import Recording
 
@@ -167,6 +168,9 @@ class LocalScheduler:
         finally:
             for slot in slots:
                 slot.stop(5 if slot.index is None else 0.1)
+            # A worker interrupted twice, or killed, cannot remove its job
+            # directory (tmpfs: it holds guest RAM); its owner is gone now.
+            remove_stale_workdirs(scratch_dir())
 
     def _again(self, index: int, tries: dict[int, int], pending: deque, events: EventSink,
                why: str) -> None:
