@@ -333,13 +333,22 @@ class ReplayDebugger:
                 if self._replay_exited():
                     return self._ran_off_end(start)
                 raise
-            try:
-                self._after_forward(start)
-            except SbtuiError:
-                if self._replay_exited(wait=3.0):
-                    return self._ran_off_end(start)
-                raise
+            ended = self._settle_forward(start)
+            if ended is not None:
+                return ended
             return stop.to_event(self._icount)
+
+    def _settle_forward(self, start: int) -> api.StopEvent | None:
+        """After a forward gdb command: take in the new position (anchoring a
+        long move). If the replay ran off its log meanwhile, come back to
+        ``start`` and return the END stop instead."""
+        try:
+            self._after_forward(start)
+        except SbtuiError:
+            if self._replay_exited(wait=3.0):
+                return self._ran_off_end(start)
+            raise
+        return None
 
     def _replay_exited(self, wait: float = 0.0) -> bool:
         """Has the replay QEMU exited (waiting up to ``wait`` s for it: gdb may
@@ -472,12 +481,9 @@ class ReplayDebugger:
                         self._loop.run(s.vm.qmp("replay-delete-break"))
                     except SbtuiError:
                         pass
-            try:
-                self._after_forward(start)
-            except SbtuiError:
-                if self._replay_exited(wait=3.0):
-                    return self._ran_off_end(start)
-                raise
+            ended = self._settle_forward(start)
+            if ended is not None:
+                return ended
             event = stop.to_event(self._icount)
             if end is not None and self._icount >= end:
                 return api.StopEvent(api.StopReason.END, self._icount, stop.pc,
