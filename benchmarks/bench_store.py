@@ -19,8 +19,10 @@ and measures, in the same run:
 
 Run: ``python -m benchmarks store`` (all four cases, several minutes), or
 ``python -m benchmarks.bench_store --sizes 256 --workloads memchurn
---snapshots 5`` for a quick look. ``SBTUI_BENCH_STORE_ARGS`` passes the same
-options through ``python -m benchmarks``.
+--snapshots 5`` for a quick look. ``--keep DIR`` keeps the snapshots and raw
+streams and reuses them in later runs (the guest runs are the slow part; every
+ratio still compares figures measured in the same run).
+``SBTUI_BENCH_STORE_ARGS`` passes the same options through ``python -m benchmarks``.
 """
 
 from __future__ import annotations
