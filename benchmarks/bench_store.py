@@ -132,28 +132,33 @@ def _run_worker(*args: str) -> dict:
 
 
 class _Pieces:
-    """A run source answering from pages held in memory (the codec's share alone)."""
+    """A run source answering from pages held in memory (the codec's share alone):
+    per run of the split, a zero count or a list of its pages."""
 
     def __init__(self, runs):
-        self.records = {}
+        from bisect import bisect_right
+        self._bisect = bisect_right
+        self.starts, self.spans = [], []
         for run in runs:
-            for k in range(run.count):
-                self.records[run.index + k] = None if run.zero else bytes(run.page(k))
+            self.starts.append(run.index)
+            self.spans.append((run.index, run.count,
+                              None if run.zero else [bytes(run.page(k)) for k in range(run.count)]))
 
     def __call__(self, index, block, offset):
-        return self.records[index]
+        i = self._bisect(self.starts, index) - 1
+        first, _count, pages = self.spans[i]
+        return None if pages is None else pages[index - first]
 
     def runs(self, index, block, offset, count):
         out: list = []
-        for i in range(index, index + count):
-            d = self.records[i]
-            if d is None:
-                if out and out[-1].__class__ is int:
-                    out[-1] += 1
-                else:
-                    out.append(1)
-            else:
-                out.append(d)
+        end = index + count
+        i = self._bisect(self.starts, index) - 1
+        while index < end:
+            first, n, pages = self.spans[i]
+            a, b = index - first, min(n, end - first)
+            out.append(b - a if pages is None else pages[a:b])
+            index = first + b
+            i += 1
         return out
 
 
