@@ -99,7 +99,10 @@ class Terminal:
         self.name = f"sbtui-e2e-{uuid.uuid4().hex[:8]}"
         self.pidfile = tmp_path / f"{self.name}.pid"
         env = (f"{TAG_ENV}={tag} SBTUI_CONFIG_DIR={tmp_path / 'config'} TERM=xterm-256color")
-        command = (f"cd {ROOT} && {env} sh -c 'echo $$ > {self.pidfile}; "
+        # COLUMNS/LINES from the caller's environment would override the pane's
+        # size (Textual sizes itself through shutil.get_terminal_size; CI exports
+        # 80x25), so they are dropped and the pane's 180x50 counts.
+        command = (f"cd {ROOT} && env -u COLUMNS -u LINES {env} sh -c 'echo $$ > {self.pidfile}; "
                    f"exec {SBTUI} {' '.join(args)}'; sleep 600")
         tmux("new-session", "-d", "-s", self.name, "-x", "180", "-y", "50", command)
         deadline = time.monotonic() + 10
