@@ -178,6 +178,7 @@ class RecordingStatus:
     checkpoint_rate_hz: float   # checkpoints per wall second (0 for a saved recording)
     store_bytes: int            # bytes on disk in the store
     logical_bytes: int          # bytes the checkpoints would take without dedup/compression
+    attached: bool = False      # a QEMU the user started (sbtui attach): detaching leaves it running
 
     @property
     def dedup_ratio(self) -> float:
@@ -372,7 +373,10 @@ class LiveControl(Protocol):
         ...
 
     async def send_console(self, text: str) -> None:
-        """Type ``text`` into the guest's serial console."""
+        """Type ``text`` into the guest's serial console. An implementation whose
+        console belongs to someone else (``sbtui attach``) raises ``UsageError``
+        and has a ``console_note`` attribute saying so (the app shows it instead
+        of an input)."""
         ...
 
 

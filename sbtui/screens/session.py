@@ -1,7 +1,11 @@
 """The session screen: a recording (saved or growing live) at a glance.
 
 Header, timeline strip, checkpoint table, guest console and the dirty-page
-heatmap of the selected interval (or of a range of intervals). Reading the
+heatmap of the selected interval (or of a range of intervals). Below
+``WIDE`` columns the table and console take the whole width and ``h`` shows the
+heatmap in their place; below ``TALL`` rows the console shrinks so the table
+keeps at least five rows (breakpoint classes on the screen, the CSS in
+``sbtui.tcss`` does the rest). Reading the
 recording and dirty pages happens in thread workers; live control (pause,
 resume, checkpoint now, go live, console input) in async workers. Engine
 callbacks for a live recording only post payload-free messages that collapse
@@ -33,15 +37,20 @@ from sbtui.widgets.heatmap import Heatmap
 from sbtui.widgets.status_bar import StatusBar
 from sbtui.widgets.timeline import Timeline
 
+WIDE = 130                # columns for table + console and heatmap side by side
+TALL = 36                 # rows for the full-height console
 MAX_RANGE = 1000          # intervals merged for a range heatmap
 PAGE_CACHE = 64           # dirty-page arrays kept in memory
 
 
 class SessionScreen(SbtuiScreen):
     AUTO_FOCUS = "#checkpoints"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (WIDE, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (TALL, "-tall")]
     BINDINGS = [
         Binding("q", "quit", "Quit", id="session.quit"),
         Binding("enter", "replay", "Replay", id="session.replay"),
+        Binding("h", "toggle_heatmap", "Heatmap", id="session.heatmap"),
         Binding("r", "toggle_range", "Range", id="session.range"),
         Binding("m", "toggle_metric", "Dirty/stored", id="session.metric"),
         Binding("p", "pause_resume", "Pause/resume", id="vm.pause"),
@@ -70,7 +79,8 @@ class SessionScreen(SbtuiScreen):
         with Horizontal(id="main"):
             with Vertical(id="left"):
                 yield CheckpointTable(id="checkpoints")
-                yield GuestConsole(interactive=self.session.live is not None, id="console")
+                yield GuestConsole(interactive=self.session.live is not None, id="console",
+                                   note=getattr(self.session.live, "console_note", None))
             yield Heatmap(self.recording.machine, id="heatmap")
         yield Footer(compact=True)
 
@@ -91,6 +101,14 @@ class SessionScreen(SbtuiScreen):
     def on_unmount(self) -> None:
         if self._unsubscribe:
             self._unsubscribe()
+
+    def on_resize(self) -> None:
+        # the breakpoint classes may have changed: h is offered only when narrow
+        self.refresh_bindings()
+
+    @property
+    def narrow(self) -> bool:
+        return self.has_class("-narrow")
 
     # -- engine -> messages --------------------------------------------------
     def _on_recording_event(self, event: RecordingEvent) -> None:
@@ -231,6 +249,10 @@ class SessionScreen(SbtuiScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in self.LIVE_ACTIONS and self.session.live is None:
             return False
+        if action == "console_input" and getattr(self.session.live, "console_note", None):
+            return False    # the console is not ours (sbtui attach)
+        if action == "toggle_heatmap" and not self.narrow:
+            return False    # side by side already: nothing to toggle
         if action == "quit" and isinstance(self.focused, ConsoleInput):
             return False    # q is typed to the guest there; Ctrl+Q still quits
         return True
@@ -261,6 +283,13 @@ class SessionScreen(SbtuiScreen):
         else:
             self.range_anchor = None
         self._highlighted(CheckpointTable.Highlighted(self.query_one(CheckpointTable), self.selected))
+
+    def action_toggle_heatmap(self) -> None:
+        """Narrow terminals: show the heatmap instead of table + console, or back."""
+        shown = not self.has_class("show-heatmap")
+        self.set_class(shown, "show-heatmap")
+        # the hidden panel cannot keep the focus; hand it to the one now shown
+        (self.query_one(Heatmap) if shown else self.query_one(CheckpointTable)).focus()
 
     def action_toggle_metric(self) -> None:
         timeline = self.query_one(Timeline)
@@ -309,6 +338,11 @@ class SessionScreen(SbtuiScreen):
                            self.action_toggle_range),
             PaletteCommand("timeline: dirty pages / stored bytes", "switch what the strip shows",
                            self.action_toggle_metric),
+        ]
+        if self.narrow:
+            cmds.append(PaletteCommand("heatmap: show / hide", "in place of the table and console "
+                                       "(narrow terminal)", self.action_toggle_heatmap))
+        cmds += [
             PaletteCommand("heatmap: zoom in", "fewer pages per cell", lambda: heatmap.action_zoom(1)),
             PaletteCommand("heatmap: zoom out", "more pages per cell", lambda: heatmap.action_zoom(-1)),
             PaletteCommand("heatmap: fit", "all of RAM at once", heatmap.action_fit),

@@ -27,9 +27,12 @@ class StoppingScreen(ModalScreen[None]):
             lines.append(f"closing {self.replays} replay{'s' if self.replays > 1 else ''} "
                          "(gdb and QEMU)")
         if self.live:
-            lines.append("finishing the recording: QEMU quits and writes the end of its log, "
-                         "the last checkpoints are stored and proven (a few seconds for each "
-                         "checkpoint not proven yet)")
+            # the session knows what ending it does (finish a recording, stop a guest, detach)
+            live = getattr(getattr(self.app, "session", None), "live", None)
+            said = getattr(live, "stopping_text", None)
+            lines.append(said or "finishing the recording: QEMU quits and writes the end of its "
+                         "log, the last checkpoints are stored and proven (a few seconds for "
+                         "each checkpoint not proven yet)")
         if not self.replays and not self.live:
             lines.append("closing the recording")
         with Vertical(id="stopping-box"):

@@ -6,6 +6,10 @@ bounded to ``MAX_LINES``, the newest line in view). When
 the guest: the widget posts :class:`GuestConsole.InputSubmitted` and the screen
 forwards it to ``LiveControl.send_console`` in an async worker.
 
+When the console belongs to someone else (``sbtui attach``: the QEMU the
+user started owns its serial port), ``note`` says so in the panel and no
+input is offered.
+
 The input takes focus only when asked (the screen's ``i`` key, or a click on
 it) and gives it back on Escape: otherwise the screen's one-letter keys (``q``
 quits) would type into the guest whenever focus wandered there.
@@ -18,7 +22,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Input
+from textual.widgets import Input, Static
 
 from sbtui.widgets.tail_log import TailLog, last_lines
 
@@ -61,13 +65,20 @@ class GuestConsole(Vertical):
             super().__init__()
             self.text = text
 
-    def __init__(self, *, interactive: bool = False, id: str | None = None,
-                 classes: str | None = None) -> None:
+    DEFAULT_CSS = """
+    GuestConsole #console-note { height: auto; color: $warning; padding: 0 1; }
+    """
+
+    def __init__(self, *, interactive: bool = False, note: str | None = None,
+                 id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
-        self.interactive = interactive
+        self.note = note
+        self.interactive = interactive and note is None
         self.length = 0   # characters of console text shown so far
 
     def compose(self) -> ComposeResult:
+        if self.note:
+            yield Static(self.note, id="console-note", markup=False)
         yield TailLog(max_lines=MAX_LINES, id="console-log")
         if self.interactive:
             yield ConsoleInput(placeholder="i: type to the guest's console, Enter sends, Esc leaves",

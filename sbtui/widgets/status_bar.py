@@ -1,7 +1,7 @@
 """The one-line header: what the guest is doing and how big the recording is.
 
-``show_session`` renders a :class:`engine.api.RecordingStatus` (state,
-instruction count, guest time, checkpoint count and rate, store size and dedup
+``show_session`` renders a :class:`engine.api.RecordingStatus` (state, with
+"attached" for a QEMU the user started, instruction count, guest time, checkpoint count and rate, store size and dedup
 ratio); ``show_replay`` renders where a replay stands. Colours come from theme
 variables through Content markup.
 """
@@ -32,6 +32,9 @@ class StatusBar(Static):
 
     def show_session(self, name: str, status: RecordingStatus) -> None:
         label, colour = STATE_STYLE[status.state]
+        if status.attached:     # a QEMU the user started: "● attached · running"
+            icon, _, word = label.partition(" ")
+            label = f"{icon} attached · {word}"
         rate = f" @ {status.checkpoint_rate_hz:.1f}/s" if status.checkpoint_rate_hz else ""
         self.update(Content.from_markup(
             "[b $primary]sbtui[/] [b]$session_name[/]" + sep()
