@@ -16,6 +16,10 @@ appends a checkpoint every ``live_interval`` seconds while "running";
 ``close()`` stops it. ``latency`` makes replay operations sleep (in the
 calling thread worker) so progress can be seen; tests keep it at 0.
 ``fail_replay`` makes ``start_replay`` raise, to exercise error paths.
+The recording also implements :class:`engine.api.AnalysisView`
+(``sbtui/fake_analysis.py``): ``analyses`` are stored as if run before,
+``fail_intervals`` fail in every simulation, and ``latency`` paces
+``simulate`` too.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from engine.api import (
     RecordingStatus, ReplayProgress, StopEvent, StopReason, Unsubscribe,
 )
 from engine.errors import NotFoundError, ReplayError, UsageError
+from sbtui.fake_analysis import FakeAnalyses
 
 MASK64 = (1 << 64) - 1
 GiB = 1 << 30
@@ -100,10 +105,12 @@ class _Layout:
         self.top = (p(0xFF000), pages)                 # firmware, ACPI
 
 
-class FakeRecording:
-    """Implements :class:`engine.api.RecordingView` over synthetic data."""
+class FakeRecording(FakeAnalyses):
+    """Implements :class:`engine.api.RecordingView` (and ``AnalysisView``,
+    see :class:`FakeAnalyses`) over synthetic data."""
 
-    def __init__(self, checkpoints: int, ram_pages: int, seed: int):
+    def __init__(self, checkpoints: int, ram_pages: int, seed: int, *, latency: float = 0.0,
+                 fail_intervals: tuple[int, ...] = (), analyses: tuple[str, ...] = ()):
         self._seed = seed
         self._lock = threading.Lock()
         self._subscribers: list[Callable[[RecordingEvent], None]] = []
@@ -126,6 +133,7 @@ class FakeRecording:
         self._boot_console()
         for _ in range(checkpoints):
             self._append_checkpoint()
+        self._init_analyses(latency=latency, fail_intervals=fail_intervals, analyses=analyses)
 
     # -- generation -------------------------------------------------------
     def _phase(self, index: int) -> tuple[int, str]:
@@ -1080,9 +1088,11 @@ class FakeSession:
 
     def __init__(self, checkpoints: int = 600, *, ram_pages: int = 1 << 20, seed: int = 1,
                  live: bool = False, live_interval: float = 0.5, latency: float = 0.0,
-                 fail_replay: bool = False, name: str = "fake"):
+                 fail_replay: bool = False, name: str = "fake",
+                 fail_intervals: tuple[int, ...] = (), analyses: tuple[str, ...] = ()):
         self._name = name
-        self._recording = FakeRecording(checkpoints, ram_pages, seed)
+        self._recording = FakeRecording(checkpoints, ram_pages, seed, latency=latency,
+                                        fail_intervals=fail_intervals, analyses=analyses)
         self._latency = latency
         self._fail_replay = fail_replay
         self._live = FakeLiveControl(self._recording, live_interval) if live else None
