@@ -1,33 +1,46 @@
-"""A guest being recorded right now, as the facade's Session with LiveControl.
+"""A guest running right now, as the facade's Session with LiveControl.
 
-:func:`start_live_session` runs a :class:`engine.recording.recorder.Recorder`
-on a private asyncio loop in a long-lived thread (QEMU is launched from that
-thread, so PR_SET_PDEATHSIG lasts as long as the recording) and returns a
+:func:`start_live_session` runs a recorder on a private asyncio loop in a
+long-lived thread (QEMU is launched from that thread, so PR_SET_PDEATHSIG
+lasts as long as the recording) and returns a
 :class:`engine.session.RecordingSession` over the recording it fills; the
-session's ``live`` is a :class:`RecorderControl`.
+session's ``live`` is a :class:`RecorderControl`. Three recorders fit:
+
+* :class:`engine.recording.recorder.Recorder` (record mode: ``sbtui demo``,
+  ``sbtui record``);
+* :class:`engine.recording.live.LiveRecorder` (``sbtui record --live``: a
+  guest we start, background-snapshot checkpoints, the console is ours);
+* :class:`engine.recording.live.LiveAttach` (``sbtui attach``: a QEMU the
+  user started; its console is not ours, and closing detaches, leaving that
+  QEMU running).
 
 Promises:
 
 * The app's event loop never waits on the recorder's: ``RecorderControl``'s
   coroutines hand their work to the recorder's loop and await the answer.
-* ``session.close()`` stops the recording (no new checkpoint, QEMU quits and
-  finalizes the log, ingestion drains, proofs finish or are cut off after
-  ``finish_timeout``), then stops the loop; nothing outlives it.
+* ``session.recording.status()`` says ``PAUSED`` while the guest is paused
+  (through ``live.pause()``, or, when attached, found paused) and
+  ``attached`` for ``sbtui attach``.
+* ``session.close()`` ends the recording (no new checkpoint; a guest we
+  started quits and, in record mode, finalizes the log, ingestion drains,
+  proofs finish or are cut off after ``finish_timeout``; an attached QEMU is
+  left running with its migration settings put back), then stops the loop;
+  nothing of ours outlives it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 from engine import api
-from engine.errors import RecordingError
+from engine.errors import RecordingError, UsageError
 from engine.recording.format import Recording
-from engine.recording.recorder import Recorder
-from engine.session import RecordingSession
+from engine.session import DiskRecordingView, RecordingSession
 
 T = TypeVar("T")
 
@@ -51,20 +64,42 @@ class _RecorderLoop:
 
 
 class RecorderControl:
-    """``api.LiveControl`` over a running :class:`Recorder`."""
+    """``api.LiveControl`` over a running recorder (record mode, ``record --live`` or attach).
 
-    def __init__(self, recorder: Recorder, loop: _RecorderLoop):
+    ``paused``: the guest is paused as far as we know. ``attached``: the guest
+    is a QEMU the user started. ``console_note``: ``None`` when the console is
+    ours to type to, else why it is not (the app shows it instead of an input).
+    """
+
+    def __init__(self, recorder, loop: _RecorderLoop):
         self.recorder = recorder
         self._loop = loop
+        self._paused = False
+
+    @property
+    def attached(self) -> bool:
+        from engine.recording.live import LiveAttach
+        return isinstance(self.recorder, LiveAttach)
+
+    @property
+    def paused(self) -> bool:
+        known = getattr(self.recorder, "paused", None)   # the live modes follow QEMU's run state
+        return self._paused if known is None else bool(known)
+
+    @property
+    def console_note(self) -> str | None:
+        return getattr(self.recorder, "console_note", None)
 
     async def _on_recorder(self, coro: Awaitable[T]) -> T:
         return await asyncio.wrap_future(self._loop.submit(coro))
 
     async def pause(self) -> None:
         await self._on_recorder(self.recorder.pause())
+        self._paused = True
 
     async def resume(self) -> None:
         await self._on_recorder(self.recorder.resume())
+        self._paused = False
 
     async def checkpoint_now(self) -> api.CheckpointRow:
         entry = await self._on_recorder(self.recorder.checkpoint_now())
@@ -75,11 +110,49 @@ class RecorderControl:
             dup_intra=0, dup_inter=0, zero_pages=0)
 
     async def go_live(self, checkpoint_id: str) -> None:
+        from engine.recording.live import LiveRecorder
+        if self.attached:
+            raise UsageError("sbtui attach never changes the state of the QEMU you started, so it "
+                             "cannot go live from a checkpoint; load the checkpoint into a new "
+                             "QEMU started like yours with '-incoming defer' instead")
+        if isinstance(self.recorder, LiveRecorder):
+            raise UsageError("going live from a checkpoint while 'sbtui record --live' runs is not "
+                             "supported; quit (q) and start the checkpoint as a new VM: "
+                             "sbtui golive REC --from K")
         raise RecordingError("going live from a checkpoint of a recording in progress is not "
                              "supported; open the finished recording and go live from there")
 
+    @property
+    def stopping_text(self) -> str:
+        """What ending this session does, for the screen shown meanwhile."""
+        from engine.recording.live import LiveRecorder
+        if self.attached:
+            return ("detaching: the checkpoint in progress is finished, QEMU's migration "
+                    "settings are put back; the guest keeps running")
+        if isinstance(self.recorder, LiveRecorder):
+            return ("stopping the guest: the checkpoint in progress is stored, then QEMU quits")
+        return ("finishing the recording: QEMU quits and writes the end of its log, the last "
+                "checkpoints are stored and proven (a few seconds for each checkpoint not "
+                "proven yet)")
+
     async def send_console(self, text: str) -> None:
         await self._on_recorder(self.recorder.send_console(text))
+
+
+class LiveRecordingView(DiskRecordingView):
+    """The recording view, with the run state the control knows (paused, attached)."""
+
+    def __init__(self, rec: Recording, control: RecorderControl):
+        super().__init__(rec)
+        self._control = control
+
+    def status(self) -> api.RecordingStatus:
+        st = super().status()
+        if st.state is api.GuestState.RUNNING and self._control.paused:
+            st = dataclasses.replace(st, state=api.GuestState.PAUSED)
+        if self._control.attached:
+            st = dataclasses.replace(st, attached=True)
+        return st
 
 
 class LiveRecordingSession(RecordingSession):
@@ -88,6 +161,7 @@ class LiveRecordingSession(RecordingSession):
     def __init__(self, rec: Recording, control: RecorderControl, future, loop: _RecorderLoop,
                  *, name: str, finish_timeout: float, on_finish: Callable[[str], None] | None):
         super().__init__(rec, name=name, live=control)
+        self._view = LiveRecordingView(rec, control)
         self._future = future
         self._rloop = loop
         self._finish_timeout = finish_timeout
@@ -101,8 +175,7 @@ class LiveRecordingSession(RecordingSession):
         try:
             control.recorder.stop()
             if not self._future.done():
-                self._on_finish("finishing the recording (quitting QEMU, storing and "
-                                "proving the last checkpoints)...")
+                self._on_finish(control.stopping_text + "...")
             self.summary = self._future.result(self._finish_timeout)
         except TimeoutError:
             self._future.cancel()
@@ -116,7 +189,7 @@ class LiveRecordingSession(RecordingSession):
             self._rloop.close()
 
 
-def start_live_session(recorder: Recorder, *, name: str | None = None,
+def start_live_session(recorder, *, name: str | None = None,
                        start_timeout: float = 60.0, finish_timeout: float = 600.0,
                        on_finish: Callable[[str], None] | None = None) -> LiveRecordingSession:
     """Start ``recorder`` on its own loop; return the session once the recording exists."""

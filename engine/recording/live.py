@@ -321,6 +321,164 @@ async def _wait_migration(target, events) -> str:
             return status
 
 
+# -- the schedule both live modes share --------------------------------------------
+
+class _LiveSchedule:
+    """A checkpoint every ``interval``, one at once on :meth:`checkpoint_now`, none while paused.
+
+    Shared by :class:`LiveAttach` and :class:`LiveRecorder`. The control
+    coroutines (:meth:`pause`, :meth:`resume`, :meth:`checkpoint_now`) run on
+    the loop that runs :meth:`run`; :meth:`stop` may be called from any
+    thread. Checkpoints and run-state changes are serialized (one migration
+    at a time; no ``stop`` in the middle of a snapshot).
+    """
+
+    def __init__(self, *, interval: float, duration: float | None, count: int | None,
+                 on_event: EventCallback | None):
+        if not (isinstance(interval, (int, float)) and interval > 0):
+            raise UsageError(f"--interval must be a positive number of seconds, got {interval!r}")
+        if duration is not None and duration <= 0:
+            raise UsageError(f"--duration must be a positive number of seconds, got {duration!r}")
+        if count is not None and count < 1:
+            raise UsageError(f"--count must be at least 1, got {count}")
+        self.interval = float(interval)
+        self.duration = duration
+        self.count = count
+        self.on_event = on_event or (lambda _e: None)
+        self.rec: Recording | None = None
+        self.cp: LiveCheckpointer | None = None
+        self.paused = False          # the guest's vCPUs are stopped, as far as we know
+        self.user_run_state: str | None = None   # "paused"/"running": the user's last pause/resume
+        self._stopping = False
+        self._wake: asyncio.Event | None = None
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_index = 0
+        self._last_at = 0.0
+
+    @property
+    def recording(self) -> Recording | None:
+        return self.rec
+
+    def stop(self) -> None:
+        """End soon: no new checkpoint. Safe from any thread and from a signal handler."""
+        self._stopping = True
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wake.set()
+        else:
+            loop.call_soon_threadsafe(wake.set)
+
+    def _target(self):
+        raise NotImplementedError
+
+    def _started(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        if self._stopping:
+            self._wake.set()
+
+    def _ready(self) -> tuple[Any, LiveCheckpointer, asyncio.Lock]:
+        if self.cp is None or self._lock is None:
+            raise RecordingError("the live recording has not started yet")
+        return self._target(), self.cp, self._lock
+
+    async def pause(self) -> None:
+        """QMP ``stop``: the guest's vCPUs stop; no periodic checkpoint meanwhile. Idempotent."""
+        target, _cp, lock = self._ready()
+        async with lock:
+            await target.qmp("stop", timeout=30)
+            self.paused, self.user_run_state = True, "paused"
+
+    async def resume(self) -> None:
+        """QMP ``cont``. Idempotent."""
+        target, _cp, lock = self._ready()
+        async with lock:
+            await target.qmp("cont", timeout=30)
+            self.paused, self.user_run_state = False, "running"
+        if self._wake is not None:
+            self._wake.set()     # the next periodic checkpoint is due an interval from now
+
+    async def checkpoint_now(self) -> CheckpointEntry:
+        """Take a checkpoint at once (paused or not); the next periodic one follows an interval later."""
+        self._ready()
+        entry = await self._take()
+        if self._wake is not None:
+            self._wake.set()
+        return entry
+
+    async def _take(self) -> CheckpointEntry:
+        _target, cp, lock = self._ready()
+        async with lock:
+            entry = await cp.take(self._next_index)
+            self._next_index += 1
+            self._last_at = time.monotonic()
+            return entry
+
+    async def _refresh_run_state(self) -> None:
+        """Ask QEMU whether the guest runs (someone else may have paused or resumed it)."""
+        target, _cp, lock = self._ready()
+        async with lock:
+            status = (await target.qmp("query-status")).get("status", "")
+        self.paused = status != "running"
+
+    async def _schedule(self, exited: "asyncio.Future | None" = None) -> str:
+        """Checkpoint until the end; return why it ended: ``stopped``, ``count``,
+        ``duration`` or ``exited`` (``exited`` is a task that ends when the guest does)."""
+        assert self._wake is not None
+        start = time.monotonic()
+        end = start + self.duration if self.duration is not None else None
+        taken = 0
+        if not self._stopping:
+            await self._take()
+            taken = 1
+        wake_task: asyncio.Task | None = None
+        try:
+            while True:
+                if self._stopping:
+                    return "stopped"
+                if self.count is not None and taken >= self.count:
+                    return "count"
+                now = time.monotonic()
+                if end is not None and now >= end:
+                    return "duration"
+                due = self._last_at + self.interval
+                deadline = min(due, end) if end is not None else due
+                if wake_task is None or wake_task.done():
+                    self._wake.clear()
+                    wake_task = asyncio.create_task(self._wake.wait())
+                waits: set = {wake_task} | ({exited} if exited is not None else set())
+                done, _ = await asyncio.wait(waits, timeout=max(0.0, deadline - now),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if exited is not None and exited in done:
+                    return "exited"
+                if wake_task in done or self._stopping:
+                    continue      # stop, checkpoint-now or resume: look again
+                now = time.monotonic()
+                if now < self._last_at + self.interval or (end is not None and now >= end):
+                    continue
+                if self.paused:
+                    # A paused guest does not change; look whether someone resumed it.
+                    await self._refresh_run_state()
+                    if self.paused:
+                        self._last_at = now
+                        continue
+                await self._take()
+                taken += 1
+        finally:
+            if wake_task is not None:
+                wake_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await wake_task
+
+
 # -- attach ------------------------------------------------------------------------
 
 def open_or_create_live(path: Path, *, interval: float, qemu_version_text: str,
@@ -338,110 +496,166 @@ def open_or_create_live(path: Path, *, interval: float, qemu_version_text: str,
     return Recording.create(path, manifest)
 
 
+class LiveAttach(_LiveSchedule):
+    """``sbtui attach``: checkpoint a QEMU someone else started, then detach leaving it be.
+
+    Ends after ``count`` checkpoints, ``duration`` seconds, on :meth:`stop`, or
+    when that QEMU goes away (status ``complete``, ``interrupted`` and
+    ``complete`` respectively; a lost QEMU with no checkpoint is an error).
+    The guest's run state changes only when :meth:`pause`/:meth:`resume` are
+    called; detaching leaves it as it is and :attr:`detach_note` says how
+    (paused when the user paused it, running otherwise). The serial console
+    belongs to that QEMU: :meth:`send_console` raises ``UsageError``.
+    """
+
+    def __init__(self, socket_path: str | Path, rec_path: str | Path, *, interval: float = 2.0,
+                 count: int | None = None, duration: float | None = None,
+                 on_event: EventCallback | None = None):
+        super().__init__(interval=interval, duration=duration, count=count, on_event=on_event)
+        self.socket_path = Path(socket_path)
+        self.rec_path = Path(rec_path)
+        self.vm: AttachedQemu | None = None
+        self.status_at_attach: str | None = None
+        self.detach_note = ""
+
+    def _target(self) -> AttachedQemu:
+        if self.vm is None:
+            raise RecordingError("not attached")
+        return self.vm
+
+    @property
+    def console_note(self) -> str:
+        pid = self.vm.peer_pid if self.vm is not None else None
+        who = f"the QEMU you started (pid {pid})" if pid else "the QEMU you started"
+        return (f"This guest's console belongs to {who}, not to sbtui: read and type to it "
+                f"where that QEMU's serial port goes (its -serial option).")
+
+    async def send_console(self, data: bytes | str) -> None:
+        raise UsageError(self.console_note)
+
+    async def run(self) -> RecordSummary:
+        self._started()
+        async with AttachedQemu(self.socket_path) as q:
+            status = await q.qmp("query-status")
+            version = await q.qmp("query-version")
+            v = version.get("qemu", {})
+            vtext = f"{v.get('major', 0)}.{v.get('minor', 0)}.{v.get('micro', 0)}"
+            try:
+                mem = (await q.qmp("query-memory-size-summary")).get("base-memory", 0)
+            except SbtuiError:
+                mem = 0
+            argv = q.command_line()
+            self.status_at_attach = status.get("status")
+            self.paused = self.status_at_attach != "running"
+            source = {"qmp_socket": str(self.socket_path.resolve()), "pid": q.peer_pid,
+                      "argv": argv, "status_at_attach": self.status_at_attach}
+            spec = {"memory_mib": int(mem) >> 20} if mem else {}
+            rec = open_or_create_live(self.rec_path, interval=self.interval,
+                                      qemu_version_text=vtext, source=source, spec=spec)
+            self.rec = rec
+            t0 = time.monotonic() - (time.time() - rec.manifest.created)
+            self._next_index = len(rec.checkpoints())
+            cp = LiveCheckpointer(q, rec, t0=t0, on_event=self.on_event)
+            self.on_event(RecordingStarted(rec.path, tuple(argv)))
+            result = "complete"
+            error: str | None = None
+            try:
+                await cp.prepare()
+                self.vm, self.cp = q, cp
+                why = await self._schedule()
+                if why == "stopped":
+                    result = "interrupted"
+            except QemuDiedError as err:
+                # The user's QEMU went away: keep what was stored.
+                error = str(err).splitlines()[0]
+                result = "complete" if cp.entries else "failed"
+                if not cp.entries:
+                    rec.update(status="failed", error=error)
+                    raise
+            except BaseException as err:
+                rec.update(status="failed",
+                           error=str(err).splitlines()[0] if str(err) else type(err).__name__)
+                raise
+            finally:
+                await cp.restore()
+                await self._note_detach(q)
+                rec.update(wall_s=round(time.monotonic() - t0, 3))
+            rec.update(status=result, error=error)
+            summary = cp.summary(result, error=error)
+            rec.update(stats=summary.figures())
+            rec.close()
+            return summary
+
+    async def _note_detach(self, q: AttachedQemu) -> None:
+        """Say in which run state the guest is left (nothing is changed here)."""
+        try:
+            now = (await q.qmp("query-status", timeout=5)).get("status", "")
+        except SbtuiError:
+            self.detach_note = "the QEMU is gone"
+            return
+        if now == "running":
+            self.detach_note = "the guest runs on"
+            if self.user_run_state == "running" and self.status_at_attach != "running":
+                self.detach_note += f" (you resumed it; it was {self.status_at_attach} at attach)"
+        elif self.user_run_state == "paused":
+            self.detach_note = ("the guest stays paused, as you left it ('cont' in its "
+                                "monitor resumes it)")
+        else:
+            self.detach_note = f"the guest is {now}, as it was" if now == self.status_at_attach \
+                else f"the guest is {now} (it was {self.status_at_attach} at attach; sbtui did not pause it)"
+
+
 async def attach(socket_path: str | Path, rec_path: str | Path, *, interval: float = 2.0,
                  count: int | None = None, duration: float | None = None,
                  stop: asyncio.Event | None = None,
                  on_event: EventCallback | None = None) -> RecordSummary:
-    """Checkpoint a running QEMU over its QMP socket, then detach leaving it running.
-
-    Ends after ``count`` checkpoints, ``duration`` seconds, when ``stop`` is
-    set, or when that QEMU goes away (status ``complete``, ``interrupted`` and
-    ``complete`` respectively; a lost QEMU with no checkpoint is an error).
-    """
-    if count is not None and count < 1:
-        raise UsageError(f"--count must be at least 1, got {count}")
-    say = on_event or (lambda _e: None)
-    stop = stop or asyncio.Event()
-    async with AttachedQemu(socket_path) as q:
-        status = await q.qmp("query-status")
-        version = await q.qmp("query-version")
-        v = version.get("qemu", {})
-        vtext = f"{v.get('major', 0)}.{v.get('minor', 0)}.{v.get('micro', 0)}"
-        try:
-            mem = (await q.qmp("query-memory-size-summary")).get("base-memory", 0)
-        except SbtuiError:
-            mem = 0
-        argv = q.command_line()
-        source = {"qmp_socket": str(Path(socket_path).resolve()), "pid": q.peer_pid,
-                  "argv": argv, "status_at_attach": status.get("status")}
-        spec = {"memory_mib": int(mem) >> 20} if mem else {}
-        rec = open_or_create_live(Path(rec_path), interval=interval, qemu_version_text=vtext,
-                                  source=source, spec=spec)
-        t0 = time.monotonic() - (time.time() - rec.manifest.created)
-        first = len(rec.checkpoints())
-        cp = LiveCheckpointer(q, rec, t0=t0, on_event=say)
-        say(RecordingStarted(rec.path, tuple(argv)))
-        result = "complete"
-        error: str | None = None
-        try:
-            await cp.prepare()
-            start = time.monotonic()
-            k = 0
-            while True:
-                await cp.take(first + k)
-                k += 1
-                if count is not None and k >= count:
-                    break
-                due = start + k * interval
-                end = start + duration if duration is not None else None
-                wait = max(0.0, (min(due, end) if end is not None else due) - time.monotonic())
-                try:
-                    await asyncio.wait_for(stop.wait(), wait)
-                    result = "interrupted"
-                    break
-                except asyncio.TimeoutError:
-                    pass
-                if end is not None and time.monotonic() >= end:
-                    break
-        except QemuDiedError as err:
-            # The user's QEMU went away: keep what was stored.
-            error = str(err).splitlines()[0]
-            result = "complete" if cp.entries else "failed"
-            if not cp.entries:
-                rec.update(status="failed", error=error)
-                raise
-        except BaseException as err:
-            rec.update(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
-            raise
-        finally:
-            await cp.restore()
-            rec.update(wall_s=round(time.monotonic() - t0, 3))
-        rec.update(status=result, error=error)
-        summary = cp.summary(result, error=error)
-        rec.update(stats=summary.figures())
-        rec.close()
-        return summary
+    """:class:`LiveAttach` run to its end; setting ``stop`` detaches (status ``interrupted``)."""
+    job = LiveAttach(socket_path, rec_path, interval=interval, count=count, duration=duration,
+                     on_event=on_event)
+    watcher = None
+    if stop is not None:
+        async def relay() -> None:
+            await stop.wait()
+            job.stop()
+        watcher = asyncio.create_task(relay())
+    try:
+        return await job.run()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
 
 
 # -- record --live -----------------------------------------------------------------
 
-class LiveRecorder:
-    """``sbtui record --live``: start the guest (no record/replay) and checkpoint it live."""
+class LiveRecorder(_LiveSchedule):
+    """``sbtui record --live``: start the guest (no record/replay) and checkpoint it live.
+
+    Ends after ``duration``, when the guest powers off, or on :meth:`stop`
+    (QEMU is then quit). The console is ours: :meth:`send_console` types to it.
+    """
+
+    console_note = None
 
     def __init__(self, path: str | Path, spec: MachineSpec, *, interval: float = 2.0,
                  duration: float | None = None, guest_info: dict | None = None,
                  on_event: EventCallback | None = None, qemu_binary: str | None = None,
                  launch_timeout: float = 60.0):
-        if not (isinstance(interval, (int, float)) and interval > 0):
-            raise UsageError(f"--interval must be a positive number of seconds, got {interval!r}")
-        if duration is not None and duration <= 0:
-            raise UsageError(f"--duration must be a positive number of seconds, got {duration!r}")
+        super().__init__(interval=interval, duration=duration, count=None, on_event=on_event)
         if not spec.kernel:
             raise UsageError("the machine has no kernel: give --kernel (or use the demo guest)")
         self.path = Path(path).absolute()   # QEMU runs in another directory
         self.spec = spec
-        self.interval = float(interval)
-        self.duration = duration
         self.guest_info = dict(guest_info or {})
-        self.on_event = on_event or (lambda _e: None)
         self.qemu_binary = qemu_binary
         self.launch_timeout = launch_timeout
-        self._stop = asyncio.Event()
         self.vm: QemuProcess | None = None
-        self.rec: Recording | None = None
 
-    def stop(self) -> None:
-        self._stop.set()
+    def _target(self) -> QemuProcess:
+        if self.vm is None or not self.vm.alive:
+            raise RecordingError("the guest is not running")
+        return self.vm
 
     async def send_console(self, data: bytes | str) -> None:
         if self.vm is None or not self.vm.alive or self.vm.console is None:
@@ -449,12 +663,12 @@ class LiveRecorder:
         await self.vm.console.send(data)
 
     async def run(self) -> RecordSummary:
+        self._started()
         binary = find_qemu(self.qemu_binary)
         vtext = ".".join(map(str, qemu_version(binary)))
         manifest = Manifest(kind="live", spec={}, qemu_version=vtext, interval_s=self.interval,
                             created=time.time(), guest=dict(self.guest_info))
         rec = Recording.create(self.path, manifest)
-        self.rec = rec
         try:
             files = {role: rec.add_guest_file(role, Path(getattr(self.spec, role)))
                      for role in ("kernel", "initrd") if getattr(self.spec, role)}
@@ -467,6 +681,7 @@ class LiveRecorder:
                                    no_reboot=True)
         manifest.spec = stored.to_dict()
         rec.save_manifest()
+        self.rec = rec
         run_spec = rec.machine_spec()
         t0 = time.monotonic() - (time.time() - manifest.created)
         work = Path(tempfile.mkdtemp(prefix="sbtui-live-"))
@@ -476,43 +691,27 @@ class LiveRecorder:
             vm = QemuProcess(run_spec, workdir=work / "qemu", log_path=rec.path / "qemu.log",
                              console_path=rec.console_path, qemu_binary=binary,
                              launch_timeout=self.launch_timeout)
-            self.vm = vm
             async with vm:
+                self.vm = vm
                 self.on_event(RecordingStarted(rec.path, tuple(vm.argv)))
                 cp = LiveCheckpointer(vm, rec, t0=t0, on_event=self.on_event)
                 await cp.prepare()
+                self.cp = cp
                 exited = asyncio.create_task(vm.wait_exit(1e9))
-                stopped = asyncio.create_task(self._stop.wait())
                 try:
-                    start = time.monotonic()
-                    end = start + self.duration if self.duration is not None else None
-                    k = 0
-                    while True:
-                        await cp.take(k)
-                        k += 1
-                        due = start + k * self.interval
-                        deadline = min(due, end) if end is not None else due
-                        done, _ = await asyncio.wait(
-                            {exited, stopped}, timeout=max(0.0, deadline - time.monotonic()),
-                            return_when=asyncio.FIRST_COMPLETED)
-                        if exited in done:
-                            if vm.returncode == 0:
-                                status = "complete"
-                                break
-                            raise QemuDiedError("QEMU died during the live recording",
-                                                argv=vm.argv, exit_code=vm.returncode,
-                                                log_tail=vm.log_tail())
-                        if stopped in done:
-                            status = "interrupted"
-                            break
-                        if end is not None and time.monotonic() >= end:
-                            status = "complete"
-                            break
+                    why = await self._schedule(exited)
                 finally:
-                    for task in (exited, stopped):
-                        task.cancel()
-                        with contextlib.suppress(BaseException):
-                            await task
+                    exited.cancel()
+                    with contextlib.suppress(BaseException):
+                        await exited
+                if why == "exited" or not vm.alive:
+                    if vm.returncode != 0:
+                        raise QemuDiedError("QEMU died during the live recording",
+                                            argv=vm.argv, exit_code=vm.returncode,
+                                            log_tail=vm.log_tail())
+                    status = "complete"
+                else:
+                    status = "interrupted" if why == "stopped" else "complete"
         except BaseException as err:
             status = "failed" if not isinstance(err, asyncio.CancelledError) else "interrupted"
             error = str(err) or type(err).__name__

@@ -3,8 +3,13 @@
 Connects to ``QMP_SOCKET`` (QEMU started with ``-qmp unix:PATH,server=on,wait=off``),
 takes a ``background-snapshot`` checkpoint every ``--interval`` seconds into
 the live recording ``REC`` (created, or appended to), and detaches after
-``--count`` checkpoints, ``--duration`` seconds or Ctrl-C. It never stops or
-quits that VM and puts back the migration settings it changed.
+``--count`` checkpoints, ``--duration`` seconds, q in the app or Ctrl-C. It
+never quits that VM, pauses it only when asked to (p in the app), and puts
+back the migration settings it changed.
+
+On a terminal, without ``--headless`` or ``--json``, the app shows the live
+recording as it grows (p pauses/resumes, c checkpoints now, q detaches);
+otherwise progress goes to stderr, one line per checkpoint.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds between checkpoints (default 2)")
     p.add_argument("--count", type=int, metavar="N", help="detach after N checkpoints")
     p.add_argument("--duration", type=float, metavar="S", help="detach after S seconds")
+    p.add_argument("--headless", action="store_true",
+                   help="no app: progress on stderr, one line per checkpoint")
     p.add_argument("--json", action="store_true", help="print a summary object on stdout")
     p.set_defaults(func=run)
 
@@ -42,22 +49,47 @@ def run(args: argparse.Namespace) -> int:
     if args.duration is not None and args.duration <= 0:
         raise UsageError(f"--duration must be a positive number of seconds, got {args.duration:g}")
     out = Progress(sys.stderr)
-    summary = asyncio.run(_attach(args, out))
+    if not (args.headless or args.json) and sys.stdin.isatty() and sys.stdout.isatty():
+        return _in_app(args, out)
+    summary, note = asyncio.run(_attach(args, out))
     if args.json:
         print(json.dumps(summary.to_json()))
-    out.say(f"detached; {summary.checkpoints} checkpoint(s) in {summary.path}, the guest runs on")
+    out.say(f"detached; {summary.checkpoints} checkpoint(s) in {summary.path}, {note}")
     return 130 if summary.status == "interrupted" else 0
 
 
+def _job(args: argparse.Namespace, on_event=None):
+    from engine.recording.live import LiveAttach
+    return LiveAttach(args.socket, args.recording, interval=args.interval, count=args.count,
+                      duration=args.duration, on_event=on_event)
+
+
+def _in_app(args: argparse.Namespace, out) -> int:
+    """The app on the live recording as it grows; q detaches."""
+    from engine.live import start_live_session
+    from sbtui.app import SbtuiApp
+
+    job = _job(args)
+    session = start_live_session(job, on_finish=out.say)
+    try:
+        SbtuiApp(session).run()
+    finally:
+        session.close()
+    if session.error is not None:
+        raise session.error
+    s = session.summary
+    count = s.checkpoints if s is not None else len(job.cp.entries) if job.cp else 0
+    out.say(f"detached; {count} checkpoint(s) in {job.rec_path}, {job.detach_note or 'the guest runs on'}")
+    return 0    # q is the way to detach here, not an interruption
+
+
 async def _attach(args: argparse.Namespace, out):
-    from engine.recording.live import attach
-    stop = asyncio.Event()
+    job = _job(args, on_event=out)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, job.stop)
     try:
-        return await attach(args.socket, args.recording, interval=args.interval,
-                            count=args.count, duration=args.duration, stop=stop, on_event=out)
+        return await job.run(), job.detach_note
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -8,8 +8,9 @@ for milliseconds only; the checkpoints can be opened, not replayed).
 The guest is the demo guest (``--workload``) unless ``--kernel`` (with
 ``--initrd``/``--append``) names another. Progress goes to stderr, one line
 per checkpoint; ``--json`` prints a summary object on stdout at the end. On a
-terminal, without ``--headless``, ``--json`` or ``--live``, the app shows the
-recording as it grows instead (as ``sbtui demo`` does; q ends the recording).
+terminal, without ``--headless`` or ``--json``, the app shows the recording as
+it grows instead (as ``sbtui demo`` does; q ends the recording, and with
+``--live`` stops the guest).
 Ctrl-C ends the recording cleanly (no new checkpoint, QEMU finalizes the
 log, ingestion drains, proofs finish) and exits 130; a second Ctrl-C stops
 at once, still leaving a recording that opens. Exit 1 when recording failed
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.recording.exists() and (not args.recording.is_dir() or any(args.recording.iterdir())):
         raise UsageError(f"{args.recording}: exists and is not an empty directory; choose a new path")
     spec, guest_info = _machine(args)
-    if not (args.headless or args.json or args.live) and sys.stdin.isatty() and sys.stdout.isatty():
+    if not (args.headless or args.json) and sys.stdin.isatty() and sys.stdout.isatty():
         return _in_app(args, spec, guest_info)
     if not args.headless:
         print("sbtui record: the live view of a recording comes with the app; showing progress "
@@ -119,9 +120,16 @@ def _in_app(args: argparse.Namespace, spec, guest_info: dict) -> int:
     from sbtui.app import SbtuiApp
 
     out = Progress(sys.stderr)
-    recorder = Recorder(args.recording, spec, interval=args.interval, duration=args.duration,
-                        icount_shift=args.icount_shift if args.icount_shift is not None
-                        else DEFAULT_ICOUNT_SHIFT, guest_info=guest_info, prove=args.prove)
+    if args.live:
+        from engine.qemu import choose_accel
+        from engine.recording.live import LiveRecorder
+        accel = asyncio.run(choose_accel())
+        recorder = LiveRecorder(args.recording, spec.replace(accel=accel), interval=args.interval,
+                                duration=args.duration, guest_info=guest_info)
+    else:
+        recorder = Recorder(args.recording, spec, interval=args.interval, duration=args.duration,
+                            icount_shift=args.icount_shift if args.icount_shift is not None
+                            else DEFAULT_ICOUNT_SHIFT, guest_info=guest_info, prove=args.prove)
     session = start_live_session(recorder, on_finish=out.say)
     try:
         SbtuiApp(session).run()
