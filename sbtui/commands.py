@@ -16,6 +16,8 @@ class SbtuiCommands(Provider):
         cmds: list[PaletteCommand] = []
         if isinstance(screen, SbtuiScreen):
             cmds.extend(screen.palette_commands())
+        if hasattr(screen, "analysis_palette_commands"):   # the session screen's analyses
+            cmds.extend(screen.analysis_palette_commands())
         cmds.extend(self.app.palette_commands())  # type: ignore[attr-defined]
         return cmds
 

@@ -31,6 +31,7 @@ from sbtui.messages import (
     CheckpointsLoaded, CheckpointStored, ConsoleOutput, GuestStateChanged, HeatLayer, PagesLoaded,
 )
 from sbtui.screens.base import PaletteCommand, SbtuiScreen
+from sbtui.screens.session_analysis import SessionAnalysis
 from sbtui.widgets.checkpoint_table import CheckpointTable
 from sbtui.widgets.console import ConsoleInput, GuestConsole
 from sbtui.widgets.heatmap import Heatmap
@@ -43,7 +44,7 @@ MAX_RANGE = 1000          # intervals merged for a range heatmap
 PAGE_CACHE = 64           # dirty-page arrays kept in memory
 
 
-class SessionScreen(SbtuiScreen):
+class SessionScreen(SessionAnalysis, SbtuiScreen):   # analyses: see session_analysis.py
     AUTO_FOCUS = "#checkpoints"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (WIDE, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (TALL, "-tall")]

@@ -8,6 +8,12 @@ first paint of 10,000 rows and 0.15-0.28 s per appended row. Here rows stay
 O(1): 10,000 rows load and paint in a few milliseconds, and a live recording
 can add rows at any rate. Keys: up/down, page up/down, home/end; Enter posts
 :class:`CheckpointTable.Activated`.
+
+A ``ws%`` column (after ``dirty``) appears once working-set sizes are known
+(:meth:`CheckpointTable.set_working_sets`, from the stored ``writeset``
+analysis): the share of guest RAM the interval that the checkpoint closes
+wrote in any of its sub-steps, the interval whose dirty pages ``dirty``
+counts. Without the analysis the table is unchanged.
 """
 
 from __future__ import annotations
@@ -46,11 +52,33 @@ COLUMNS: tuple[tuple[str, int, str, object], ...] = (
     ("zero", 5, ">", lambda r: f"{r.zero_pages}"),
 )
 TABLE_WIDTH = sum(w for _, w, _, _ in COLUMNS) + len(COLUMNS)
+WS_AFTER = "dirty"              # the working-set column follows this one
+WS_WIDTH = 5
 
 
-def format_row(row: CheckpointRow) -> str:
-    return " ".join(f"{fmt(row):{align}{width}}"[:width]
-                    for _, width, align, fmt in COLUMNS) + " "
+def format_fraction(fraction: float) -> str:
+    """``12.3%`` in at most five characters."""
+    return "100%" if fraction >= 0.9995 else f"{fraction:.1%}"
+
+
+def format_row(row: CheckpointRow, working_set: float | None = None, *,
+               show_ws: bool = False) -> str:
+    cells = []
+    for name, width, align, fmt in COLUMNS:
+        cells.append(f"{fmt(row):{align}{width}}"[:width])
+        if show_ws and name == WS_AFTER:
+            text = format_fraction(working_set) if working_set is not None else ""
+            cells.append(f"{text:>{WS_WIDTH}}")
+    return " ".join(cells) + " "
+
+
+def format_header(show_ws: bool = False) -> str:
+    cells = []
+    for name, width, align, _ in COLUMNS:
+        cells.append(f"{name:{align}{width}}")
+        if show_ws and name == WS_AFTER:
+            cells.append(f"{'ws%':>{WS_WIDTH}}")
+    return " ".join(cells) + " "
 
 
 class CheckpointTable(ScrollView, can_focus=True):
@@ -88,6 +116,7 @@ class CheckpointTable(ScrollView, can_focus=True):
         self.rows: list[CheckpointRow] = []
         self.range: tuple[int, int] | None = None
         self.follow = True      # keep the cursor on the newest row while live
+        self.working_sets: dict[int, float] = {}    # row index -> fraction of RAM
 
     # -- data --------------------------------------------------------------
     def set_rows(self, rows: list[CheckpointRow]) -> None:
@@ -110,8 +139,20 @@ class CheckpointTable(ScrollView, can_focus=True):
         self.range = range_
         self.refresh()
 
+    def set_working_sets(self, fractions: dict[int, float]) -> None:
+        """Working-set size per row (the interval the row's checkpoint closes),
+        as a fraction of guest RAM; empty hides the column."""
+        self.working_sets = dict(fractions)
+        self._update_size()
+        self.refresh()
+
+    @property
+    def show_ws(self) -> bool:
+        return bool(self.working_sets)
+
     def _update_size(self) -> None:
-        self.virtual_size = Size(TABLE_WIDTH, len(self.rows) + 1)
+        width = TABLE_WIDTH + (WS_WIDTH + 1 if self.show_ws else 0)
+        self.virtual_size = Size(width, len(self.rows) + 1)
 
     # -- cursor ------------------------------------------------------------
     def validate_cursor(self, value: int) -> int:
@@ -166,7 +207,7 @@ class CheckpointTable(ScrollView, can_focus=True):
         scroll_x = round(self.scroll_x)
         base = self.rich_style
         if y == 0:
-            header = " ".join(f"{name:{align}{w}}" for name, w, align, _ in COLUMNS) + " "
+            header = format_header(self.show_ws)
             style = self.get_component_rich_style("checkpoint-table--header")
             return Strip([Segment(header, style)]).crop_extend(scroll_x, scroll_x + width, style)
         index = round(self.scroll_y) + y - 1
@@ -180,7 +221,9 @@ class CheckpointTable(ScrollView, can_focus=True):
             style = self.get_component_rich_style("checkpoint-table--range")
         elif index % 2:
             style = self.get_component_rich_style("checkpoint-table--odd")
-        return Strip([Segment(format_row(self.rows[index]), style)]).crop_extend(
+        text = (format_row(self.rows[index], self.working_sets.get(index), show_ws=True)
+                if self.show_ws else format_row(self.rows[index]))
+        return Strip([Segment(text, style)]).crop_extend(
             scroll_x, scroll_x + width, style)
 
     def refresh_row(self, index: int) -> None:

@@ -11,6 +11,15 @@ Redraw cost does not depend on RAM size: counts are taken per visible cell with
 ``bisect`` on the sorted page array (C speed), so a 4 GiB guest (1,048,576
 pages) redraws in a few milliseconds. Strips are cached per visible row and
 rebuilt only for the rows that change (cursor moves touch two rows).
+
+Writeset view (:meth:`set_writeset`, the ``writeset`` analysis): when the
+interval shown has a stored writeset and the view is on (:attr:`ws_mode`),
+the grid shows where the interval wrote at finer resolution instead of its
+dirty pages: sub-step N of M (the pages whose content changed in it), or
+sub-step 0, "all", which counts for each cell how many sub-steps changed its
+pages (the shape of a range of intervals, with sub-steps for intervals). The
+legend names the sub-step and its instruction-count range; the info line
+gives the interval's working set.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import chain
 
 from rich.segment import Segment
 from rich.style import Style
@@ -30,7 +40,7 @@ from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
 
-from engine.api import MachineInfo
+from engine.api import IntervalWriteset, MachineInfo
 from sbtui.messages import HeatLayer
 
 LEVELS = 8                 # colour steps for a non-empty cell
@@ -105,6 +115,7 @@ class Heatmap(Widget, can_focus=True):
             self.info = info
 
     show_marks: reactive[bool] = reactive(False)
+    ws_mode: reactive[bool] = reactive(False)        # show the writeset when there is one
     zoom_level: reactive[int] = reactive(0)          # 0 = fit; k = fit / 2**k pages per cell
 
     def __init__(self, machine: MachineInfo, *, name: str | None = None,
@@ -112,7 +123,11 @@ class Heatmap(Widget, can_focus=True):
         super().__init__(name=name, id=id, classes=classes)
         self.machine = machine
         self.pages = machine.ram_pages
-        self.heat = HeatLayer(EMPTY)
+        self.heat = HeatLayer(EMPTY)        # what is drawn
+        self.dirty_heat = self.heat         # the interval's dirty pages (set_layer)
+        self.writeset: IntervalWriteset | None = None
+        self.ws_step = 0                    # 0: all sub-steps counted; k: sub-step k of M
+        self._ws_layers: dict[tuple[int, int], HeatLayer] = {}
         self.cursor_page = 0
         self.top_row = 0
         self._strips: dict[int, Strip] = {}     # visible row -> strip
@@ -155,9 +170,59 @@ class Heatmap(Widget, can_focus=True):
 
     # -- data --------------------------------------------------------------
     def set_layer(self, layer: HeatLayer) -> None:
-        self.heat = layer
+        """The dirty pages of the interval (or range) selected."""
+        self.dirty_heat = layer
+        self._show()
+
+    def set_writeset(self, writeset: IntervalWriteset | None) -> None:
+        """The writeset of the interval shown, or None (none stored, or a range)."""
+        if writeset is self.writeset:
+            return
+        self.writeset = writeset
+        self._ws_layers.clear()
+        if writeset is not None:
+            self.ws_step = min(self.ws_step, len(writeset.steps))
+        self._show()
+
+    @property
+    def showing_writeset(self) -> bool:
+        return self.ws_mode and self.writeset is not None
+
+    def _show(self) -> None:
+        self.heat = self._writeset_layer() if self.showing_writeset else self.dirty_heat
         self._invalidate()
         self._post_cursor()
+
+    def _writeset_layer(self) -> HeatLayer:
+        ws = self.writeset
+        assert ws is not None
+        key = (ws.interval, self.ws_step)
+        layer = self._ws_layers.get(key)
+        if layer is None:
+            m = len(ws.steps)
+            if self.ws_step == 0:
+                merged = sorted(chain.from_iterable(s.pages for s in ws.steps))
+                layer = HeatLayer(array("I", merged), max(1, m), label=f"writeset, all {m} sub-steps")
+            else:
+                layer = HeatLayer(ws.steps[self.ws_step - 1].pages, 1,
+                                  label=f"writeset sub-step {self.ws_step}/{m}")
+            self._ws_layers[key] = layer
+        return layer
+
+    def step_range(self) -> tuple[int, int | None]:
+        """Instruction counts ``[start, end)`` of the sub-step shown (all of them for 0)."""
+        ws = self.writeset
+        if ws is None:
+            return (0, None)
+        if self.ws_step == 0:
+            return (ws.start_icount, ws.end_icount)
+        k = self.ws_step - 1
+        start = ws.steps[k - 1].icount if k else ws.start_icount
+        end = ws.steps[k].icount
+        return (start, end if end >= 0 else ws.end_icount)
+
+    def watch_ws_mode(self) -> None:
+        self._show()
 
     def _invalidate(self) -> None:
         self._strips.clear()
@@ -283,8 +348,21 @@ class Heatmap(Widget, can_focus=True):
         for k in range(1, LEVELS + 1):
             segs.append(Segment("  ", self.palette[k]))
         n = max(1, self.heat.intervals)
-        scale = "of pages dirty" if n == 1 else f"of {n} intervals × pages"
-        segs.append(Segment(f" 1..100% {scale}", base + info))
+        if self.showing_writeset:
+            m = len(self.writeset.steps)
+            start, end = self.step_range()
+            span = f"icount {start:,}–{end:,}" if end is not None else f"icount {start:,}–end"
+            # most telling first: a narrow heatmap cuts the end of the line
+            if self.ws_step == 0:
+                scale = f"all {m} sub-steps · {span} · 1..100% of {m} sub-steps × pages"
+            else:
+                scale = f"sub-step {self.ws_step}/{m} · {span} · 1..100% of pages changed"
+        else:
+            scale = "of pages dirty" if n == 1 else f"of {n} intervals × pages"
+            if self.ws_mode:
+                scale += " · no writeset here"
+        segs.append(Segment(f" {scale}" if self.showing_writeset else f" 1..100% {scale}",
+                            base + info))
         if self.show_marks:
             segs.append(Segment("  ·zero =dup ≡both", base + info))
         else:
@@ -295,12 +373,18 @@ class Heatmap(Widget, can_focus=True):
     def _render_cursor_info(self) -> Strip:
         base = self.rich_style
         info = self.cursor_info()
+        what = "dirty"
+        if self.showing_writeset:
+            what = "changed" if self.ws_step else "sub-steps×pages"
         text = (f" ▸ {info.gpa_start:#x}–{info.gpa_end:#x}  pages {info.first_page:#x}"
-                f"–{info.last_page:#x} ({info.pages})  dirty {info.dirty}")
+                f"–{info.last_page:#x} ({info.pages})  {what} {info.dirty}")
         if info.zero is not None:
             text += f"  zero {info.zero}"
         if info.duplicate is not None:
             text += f"  dup {info.duplicate}"
+        if self.showing_writeset:
+            ws = self.writeset
+            text += f"  · ws {ws.working_set:,} pages ({ws.working_set_fraction:.1%} of RAM)"
         style = base + self.get_component_rich_style("heatmap--label", partial=True)
         return Strip([Segment(text, style)]).adjust_cell_length(self.size.width, base)
 
@@ -392,6 +476,21 @@ class Heatmap(Widget, can_focus=True):
 
     def action_toggle_marks(self) -> None:
         self.show_marks = not self.show_marks
+
+    def action_toggle_writeset(self) -> None:
+        self.ws_mode = not self.ws_mode
+
+    def action_writeset_step(self, delta: int) -> None:
+        """Move through the sub-steps (0, "all", then 1..M, wrapping); turns
+        the writeset view on."""
+        if self.writeset is None:
+            self.ws_mode = True
+            return
+        self.ws_step = (self.ws_step + delta) % (len(self.writeset.steps) + 1)
+        if self.ws_mode:
+            self._show()
+        else:
+            self.ws_mode = True
 
     # -- mouse -------------------------------------------------------------
     def on_click(self, event: events.Click) -> None:
