@@ -7,14 +7,22 @@ shell command. It returns when QEMU reports the migration completed.
 
 Errors: when ``feed`` fails (a damaged store, say), its error is raised, not
 the one QEMU gives for the stream breaking off; a refused stream raises
-:class:`QemuError` with QEMU's reason and log tail; ``timeout`` bounds it all.
-QEMU's MIGRATION events are the fast path; ``query-migrate`` is polled as
-well, since the completion event is not always seen.
+:class:`QemuError` with QEMU's reason and log tail; a QEMU that dies raises
+:class:`QemuDiedError`; ``timeout`` bounds it all. The feeding thread is
+joined before any of these is raised.
+
+Waiting: QEMU sends MIGRATION events only with the ``events`` migration
+capability on (it is off by default, and without it the wait fell back to
+polling ``query-migrate`` once a second, which cost a whole second per
+restore), so it is switched on before ``migrate-incoming``. ``query-migrate``
+is still asked when no event came for a while, as a safety net.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import logging
 import os
 import threading
 import time
@@ -23,25 +31,47 @@ from typing import BinaryIO, Callable
 from engine.errors import QemuError, QemuTimeoutError
 from engine.qemu.process import QemuProcess
 
+log = logging.getLogger(__name__)
+
 FD_NAME = "sbtui-incoming"
+# The pipe's capacity. The default 64 KiB makes writer and QEMU take turns
+# every 64 KiB; 1 MiB (the unprivileged maximum, /proc/sys/fs/pipe-max-size)
+# lets each run longer per wake-up.
+PIPE_BYTES = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+# Without an event for this long, ask query-migrate (a safety net only).
+POLL_FALLBACK_S = 1.0
+
+
+def _widen(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass  # a lower pipe-max-size: the default size works, a little slower
 
 
 async def load_stream(vm: QemuProcess, feed: Callable[[BinaryIO], object], *,
                       what: str = "the state", timeout: float = 120.0) -> None:
+    t0 = time.monotonic()
     rfd, wfd = os.pipe()
+    _widen(wfd)
     try:
         await vm.send_fd(rfd, FD_NAME)
+        await vm.qmp("migrate-set-capabilities",
+                     {"capabilities": [{"capability": "events", "state": True}]})
     except BaseException:
         os.close(wfd)
         raise
     finally:
         os.close(rfd)
     failure: list[BaseException] = []
+    fed: list[float] = []
 
     def write() -> None:
         try:
             with os.fdopen(wfd, "wb", buffering=1 << 20) as dst:
                 feed(dst)
+            fed.append(time.monotonic())
         except BrokenPipeError:
             pass  # QEMU gave up reading: its own error says why
         except BaseException as err:  # noqa: BLE001 - reported below
@@ -53,11 +83,16 @@ async def load_stream(vm: QemuProcess, feed: Callable[[BinaryIO], object], *,
             await vm.qmp("migrate-incoming", {"uri": f"fd:{FD_NAME}"})
             writer.start()
             status = await _wait(vm, events, what, timeout)
-    except QemuError:
+    except BaseException:
         # QEMU quits when its incoming stream breaks off; if our side broke
-        # it, that is the error to report.
-        if writer.ident is not None:
-            await asyncio.to_thread(writer.join, 30)
+        # it, that is the error to report. On a timeout or cancellation the
+        # caller shuts QEMU down, which ends the writer with EPIPE.
+        if writer.ident is None:
+            os.close(wfd)
+        else:
+            # A live QEMU that stopped reading would keep a writer blocked
+            # until the caller shuts it down: wait for that one only briefly.
+            await asyncio.to_thread(writer.join, 1.0 if vm.alive else 30.0)
         if failure:
             raise failure[0] from None
         raise
@@ -68,6 +103,9 @@ async def load_stream(vm: QemuProcess, feed: Callable[[BinaryIO], object], *,
         info = await vm.qmp("query-migrate")
         raise QemuError(f"QEMU refused {what}: {info.get('error-desc', status)}",
                         argv=vm.argv, log_tail=vm.log_tail())
+    done = time.monotonic()
+    log.debug("loaded %s in %.3f s (stream written after %.3f s)", what, done - t0,
+              (fed[0] if fed else done) - t0)
 
 
 async def _wait(vm: QemuProcess, events, what: str, timeout: float) -> str:
@@ -79,7 +117,7 @@ async def _wait(vm: QemuProcess, events, what: str, timeout: float) -> str:
             raise QemuTimeoutError(f"loading {what} did not finish within {timeout:g} s",
                                    argv=vm.argv, log_tail=vm.log_tail())
         try:
-            ev = await events.get(timeout=min(left, 1.0))
+            ev = await events.get(timeout=min(left, POLL_FALLBACK_S))
             status = ev.get("data", {}).get("status", "")
         except QemuTimeoutError:
             info = await vm.qmp("query-migrate")

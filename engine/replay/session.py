@@ -27,24 +27,41 @@ Promises:
   ``stall_s`` seconds instead of hanging; so does a QEMU that dies.
 * Leaving the ``async with`` (normally, on error or on cancellation) shuts
   QEMU down and removes the session's work directory.
+
+How the restore is kept quick (``timings`` holds each phase's seconds, also
+logged at DEBUG level): the QEMU version check runs while the work files are
+made and QEMU starts (it is awaited before any state is loaded, and a
+version mismatch is the error reported even when QEMU itself failed first);
+the VM-state image is copied from a template (:mod:`engine.replay.vmstate`)
+instead of a ``qemu-img`` run; a finished recording's replay log is used in
+place, read-only (QEMU opens it ``rb``); the default work directory is on
+tmpfs; the wait for the loaded state is event-driven
+(:func:`~engine.qemu.incoming.load_stream`). The VM-state image is activated
+(``blockdev-set-active``) only when a snapshot is taken: an active qcow2
+makes the flush QEMU does when gdb attaches (``vm_stop``) cost an fdatasync,
+40-140 ms on this machine's disk, on every attach.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from engine.errors import QemuError, QemuTimeoutError, ReplayError, SbtuiError
-from engine.qemu import QemuProcess, find_qemu, find_qemu_img, qemu_version
+from engine.qemu import QemuProcess, find_qemu, qemu_version
 from engine.qemu.incoming import load_stream
 from engine.recording.format import CheckpointEntry, Recording
+from engine.replay.vmstate import vmstate_image
 from engine.stream.qcow2 import open_vmstate
+
+log = logging.getLogger(__name__)
 
 # How long a replay may go without its instruction count moving before it is
 # declared stalled. Idle stretches replay instantly (the clock warps come from
@@ -55,14 +72,39 @@ POLL_S = 0.25
 Progress = Callable[[str], None]
 
 
+WORKDIR_PREFIX = "sbtui-replay-"
+
+
 def make_vmstate_image(path: Path) -> Path:
-    """A small qcow2 that holds the VM state of replay-mode snapshots (facts: an orphan node)."""
-    out = subprocess.run([find_qemu_img(), "create", "-q", "-f", "qcow2", str(path), "1M"],
-                         capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        raise QemuError(f"qemu-img create {path} failed: {out.stderr.strip()}",
-                        exit_code=out.returncode)
-    return path
+    """A fresh qcow2 that holds the VM state of replay-mode snapshots (facts: an orphan node)."""
+    return vmstate_image(path)
+
+
+def scratch_base() -> Path | None:
+    """tmpfs when writable: savevm writes and QEMU's flushes are memory-speed there."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm
+    return None
+
+
+def remove_orphaned_workdirs(base: Path) -> None:
+    """Remove work directories of sessions whose process was killed outright
+    (on tmpfs they would keep memory): the name carries the owner's pid."""
+    try:
+        entries = list(base.glob(f"{WORKDIR_PREFIX}*-*"))
+    except OSError:
+        return
+    for d in entries:
+        pid_text = d.name[len(WORKDIR_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or not d.is_dir():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # someone else's live process
 
 
 class ReplaySession:
@@ -90,6 +132,7 @@ class ReplaySession:
         self.workdir: Path | None = None
         self.vm: QemuProcess | None = None
         self.restore_s: float | None = None
+        self.timings: dict[str, float] = {}
         self._snapshots = 0
 
     # -- lifetime ---------------------------------------------------------
@@ -106,30 +149,57 @@ class ReplaySession:
         await self.close()
 
     async def start(self) -> None:
-        binary = find_qemu()
-        self.rec.check_qemu(qemu_version(binary))
-        if self._workdir_arg is not None:
-            self.workdir = self._workdir_arg
-            self.workdir.mkdir(parents=True, exist_ok=True)
-        else:
-            self.workdir = Path(tempfile.mkdtemp(prefix="sbtui-replay-"))
-        log = await asyncio.to_thread(self.rec.replay_log, self.workdir)
-        vmstate = await asyncio.to_thread(make_vmstate_image, self.workdir / "vmstate.qcow2")
-        spec = self.rec.machine_spec().with_rr("replay").replace(
-            rrfile=str(log), vmstate_image=str(vmstate), incoming_defer=True, paused=True,
-            debugcon_path=str(self.workdir / "debugcon.out"), gdb=self.gdb)
-        self.vm = QemuProcess(spec, workdir=self.workdir / "qemu",
-                              console_path=self.workdir / "console.out", qemu_binary=binary)
         t0 = time.monotonic()
-        self._progress(f"starting replay QEMU for {self._what()}")
-        await self.vm.launch()
+        binary = find_qemu()
+        version = asyncio.ensure_future(asyncio.to_thread(qemu_version, binary))
+        checked = False
+        try:
+            self.workdir = self._make_workdir()
+            log_path, vmstate = await _gather_threads(
+                lambda: self.rec.replay_log(self.workdir),
+                lambda: make_vmstate_image(self.workdir / "vmstate.qcow2"))
+            self._phase("replay log and VM-state image", t0)
+            spec = self.rec.machine_spec().with_rr("replay").replace(
+                rrfile=str(log_path), vmstate_image=str(vmstate), incoming_defer=True,
+                paused=True, debugcon_path=str(self.workdir / "debugcon.out"), gdb=self.gdb)
+            self.vm = QemuProcess(spec, workdir=self.workdir / "qemu",
+                                  console_path=self.workdir / "console.out", qemu_binary=binary)
+            self._progress(f"starting replay QEMU for {self._what()}")
+            t = time.monotonic()
+            await self.vm.launch()
+            self._phase("QEMU start until QMP ready", t)
+            # Before any state goes in: a replay needs the recording's QEMU major.
+            found = await version
+            checked = True
+            self.rec.check_qemu(found)
+        except BaseException as err:
+            if not checked:
+                await _version_error_first(self.rec, version, err)
+            raise
         self._progress(f"restoring {self._what()} (icount {self.start_icount})")
         await self._load_checkpoint()
-        self.restore_s = time.monotonic() - t0
+        t = time.monotonic()
         here = await self.icount()
+        self._phase("query-replay", t)
+        self.restore_s = time.monotonic() - t0
+        self._phase("restore in all", t0)
         if here != self.start_icount:
             raise ReplayError(f"{self._what()} restored at icount {here}, "
                               f"but it was taken at {self.start_icount}")
+
+    def _make_workdir(self) -> Path:
+        if self._workdir_arg is not None:
+            self._workdir_arg.mkdir(parents=True, exist_ok=True)
+            return self._workdir_arg
+        base = scratch_base()
+        if base is not None:
+            remove_orphaned_workdirs(base)
+        return Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=base))
+
+    def _phase(self, name: str, since: float) -> None:
+        seconds = time.monotonic() - since
+        self.timings[name] = seconds
+        log.debug("replay of %s: %s %.3f s", self._what(), name, seconds)
 
     def _what(self) -> str:
         if self.source is None:
@@ -145,13 +215,12 @@ class ReplaySession:
             else:
                 store.export_stream(self.checkpoint.store_id, dst)
 
+        t = time.monotonic()
         try:
             await load_stream(self._vm(), feed, what=self._what(), timeout=self.restore_timeout)
         except QemuTimeoutError as err:
             raise ReplayError(str(err).splitlines()[0]) from err
-        # An incoming migration leaves block nodes inactive until the first
-        # 'cont'; the VM-state image must be active for savevm at this point.
-        await self._vm().qmp("blockdev-set-active", {"active": True})
+        self._phase("state streamed in (migrate-incoming until completed)", t)
 
     async def close(self) -> None:
         vm, self.vm = self.vm, None
@@ -266,7 +335,12 @@ class ReplaySession:
 
     async def save_snapshot(self, name: str) -> None:
         """``savevm NAME`` into :attr:`vmstate_image` (the VM must be paused)."""
-        await self._vm().hmp(f"savevm {name}", timeout=120)
+        vm = self._vm()
+        # An incoming migration leaves block nodes inactive until the first
+        # QMP 'cont' (a gdb 'continue' does not activate them); savevm needs
+        # the VM-state image active. Activating an active node is a no-op.
+        await vm.qmp("blockdev-set-active", {"active": True})
+        await vm.hmp(f"savevm {name}", timeout=120)
 
     async def snapshot(self) -> BinaryIO:
         """The paused VM's state now, as a migration stream (savevm in replay mode).
@@ -280,3 +354,24 @@ class ReplaySession:
         name = f"sbtui-{self._snapshots}"
         await self.save_snapshot(name)
         return await asyncio.to_thread(open_vmstate, self.vmstate_image, name)
+
+
+async def _gather_threads(*calls: Callable[[], object]) -> list:
+    """Run ``calls`` in threads at once; raise the first failure only after all
+    have finished (none is left writing into a directory being removed)."""
+    results = await asyncio.gather(*(asyncio.to_thread(c) for c in calls),
+                                   return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
+
+
+async def _version_error_first(rec: Recording, version: asyncio.Future, err: BaseException) -> None:
+    """When a start failed, a QEMU of another major version is the reason to
+    report (its QEMU may fail in any way first). Raises that, else returns."""
+    try:
+        found = await asyncio.wait_for(asyncio.shield(version), 30)
+    except BaseException:  # noqa: BLE001 - the original error stands
+        return
+    rec.check_qemu(found)  # raises RecordingError, chained to ``err`` by the except block
