@@ -63,7 +63,7 @@ class SessionAnalysis(SbtuiScreen):
     """See the module docstring."""
 
     BINDINGS = [
-        Binding("w", "toggle_writeset", "Writeset view", id="analysis.writeset_view"),
+        Binding("w", "toggle_writeset", "Writeset view", show=False, id="analysis.writeset_view"),
         Binding("left_square_bracket", "writeset_step(-1)", "Previous sub-step", show=False,
                 id="analysis.previous_step"),
         Binding("right_square_bracket", "writeset_step(1)", "Next sub-step", show=False,
