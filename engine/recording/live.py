@@ -18,7 +18,11 @@ end goes to QEMU over the QMP socket (``getfd``, SCM_RIGHTS) and
 guest after a pause of a few milliseconds and streams the state of that
 moment while the guest runs; a thread imports the pipe's read end into the
 store as the bytes arrive (pages may come in any order and twice: the store
-keeps the last). The downtime is QEMU's own ``downtime`` figure.
+keeps the last). The downtime is QEMU's own ``downtime`` figure; the
+STOP-to-RESUME time of QEMU's events is kept beside it (``pauses_ms``). Most
+of the pause is QEMU write-protecting guest RAM; between checkpoints of a QEMU
+we started, guest RAM is collapsed back into huge pages so that step stays
+short (engine/recording/thp.py says why).
 
 Live checkpoints have no instruction count (``icount`` 0) and cannot be
 replayed instruction by instruction; they can be opened, inspected and
@@ -49,6 +53,7 @@ from engine.qemu import MachineSpec, QemuProcess, find_qemu, qemu_version
 from engine.recording.events import (CheckpointStored, CheckpointTaken, RecordingStarted,
                                      RecordSummary)
 from engine.recording.format import CheckpointEntry, Manifest, Recording
+from engine.recording.thp import HugePageCollapser
 
 MAX_BANDWIDTH = 64 << 30        # bytes/s: "unlimited" (the default 32 MiB/s made a snapshot take 10 s)
 MIGRATION_TIMEOUT = 300.0
@@ -179,7 +184,8 @@ class AttachedQemu:
 class LiveCheckpointer:
     """Background-snapshot checkpoints of one QEMU (QemuProcess or AttachedQemu) into a recording."""
 
-    def __init__(self, target, rec: Recording, *, t0: float, on_event: EventCallback | None = None):
+    def __init__(self, target, rec: Recording, *, t0: float, on_event: EventCallback | None = None,
+                 collapse_huge_pages: bool | None = None):
         self.target = target
         self.rec = rec
         self.t0 = t0                      # monotonic time of the recording's start
@@ -192,6 +198,17 @@ class LiveCheckpointer:
         self._saved_caps: list[dict] | None = None
         self._saved_bandwidth: int | None = None
         self._prepared = False
+        # Huge pages back between checkpoints (engine/recording/thp.py): None
+        # means on for a QEMU we started, off for one we attached to (its
+        # memory is the user's: collapsing makes all of guest RAM resident).
+        self.collapse_huge_pages = collapse_huge_pages
+        self.collapser: HugePageCollapser | None = None
+        self.collapse_s: list[float] = []
+        self._collapsing: asyncio.Future | None = None
+        # The guest's pause per checkpoint from QEMU's STOP and RESUME events
+        # (microsecond timestamps; QEMU's 'downtime' counts whole milliseconds
+        # and includes waiting for the vCPU to notice the stop request).
+        self.pauses_ms: list[float | None] = []
 
     async def prepare(self) -> None:
         """Switch on background-snapshot and raise the bandwidth (remembering the old values)."""
@@ -213,9 +230,18 @@ class LiveCheckpointer:
                                  f"{err}") from err
         await t.qmp("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
         self._prepared = True
+        collapse = self.collapse_huge_pages
+        if collapse is None:
+            collapse = isinstance(t, QemuProcess)
+        if collapse and self.collapser is None:
+            pid = getattr(t, "pid", None) or getattr(t, "peer_pid", None)
+            self.collapser = HugePageCollapser(pid)
 
     async def restore(self) -> None:
         """Put back the capabilities and parameters :meth:`prepare` changed."""
+        await self._settle_collapse()
+        if self.collapser is not None:
+            self.collapser.close()
         if not self._prepared:
             return
         self._prepared = False
@@ -230,7 +256,17 @@ class LiveCheckpointer:
             if self._saved_bandwidth is not None:
                 await t.qmp("migrate-set-parameters", {"max-bandwidth": self._saved_bandwidth})
 
+    async def _settle_collapse(self) -> None:
+        pending, self._collapsing = self._collapsing, None
+        if pending is not None:
+            spent = await pending
+            if spent is not None:
+                self.collapse_s.append(spent)
+
     async def take(self, index: int) -> CheckpointEntry:
+        # A collapse must not overlap a snapshot (it would fight the write
+        # protection); it started when the previous checkpoint ended.
+        await self._settle_collapse()
         t = self.target
         rec = self.rec
         name = f"sbtui-live-{os.getpid()}-{index}"
@@ -257,14 +293,15 @@ class LiveCheckpointer:
         wall = time.monotonic() - self.t0
         t_start = time.monotonic()
         try:
-            with t.listen("MIGRATION") as events:
+            run_events: dict[str, float] = {}
+            with t.listen("MIGRATION", "STOP", "RESUME") as events:
                 try:
                     await t.qmp("migrate", {"uri": f"fd:{name}"})
                 except SbtuiError:
                     with contextlib.suppress(SbtuiError):
                         await t.qmp("closefd", {"fdname": name})  # ends the reader with EOF
                     raise
-                status = await _wait_migration(t, events)
+                status = await _wait_migration(t, events, run_events)
             info = await t.qmp("query-migrate")
         finally:
             await asyncio.to_thread(thread.join, MIGRATION_TIMEOUT)
@@ -285,12 +322,19 @@ class LiveCheckpointer:
         rec.append_checkpoint(entry)
         self.entries.append(entry)
         self.downtimes_ms.append(downtime_ms)
+        stop, resume = run_events.get("STOP"), run_events.get("RESUME")
+        self.pauses_ms.append((resume - stop) * 1e3 if stop is not None and resume is not None
+                              and resume >= stop else None)
         self.ingest_s.append(ingest_s)
         st = got.stats
         self.stored_bytes += st.stored_bytes
         self.raw_bytes += st.raw_bytes
         self.on_event(CheckpointStored(entry, st.dirty_pages, st.new_pages, st.stored_bytes,
                                        st.raw_bytes, ingest_s, 0))
+        if self.collapser is not None and self.collapser.available:
+            # QEMU has unregistered its write protection by now (the stream's
+            # end-of-file comes after ram_write_tracking_stop).
+            self._collapsing = asyncio.ensure_future(asyncio.to_thread(self.collapser.collapse))
         return entry
 
     def summary(self, status: str, *, error: str | None = None) -> RecordSummary:
@@ -302,7 +346,9 @@ class LiveCheckpointer:
                                                    "nothing to prove", error=error)
 
 
-async def _wait_migration(target, events) -> str:
+async def _wait_migration(target, events, run_events: dict[str, float] | None = None) -> str:
+    """Wait for the migration to end; its status. ``run_events`` gets the
+    timestamps (seconds) of the first STOP and RESUME events seen."""
     deadline = time.monotonic() + MIGRATION_TIMEOUT
     while True:
         left = deadline - time.monotonic()
@@ -315,6 +361,10 @@ async def _wait_migration(target, events) -> str:
         try:
             ev = await events.get(timeout=min(0.02, left))
             status = ev.get("data", {}).get("status", "")
+            kind = ev.get("event")
+            if run_events is not None and kind in ("STOP", "RESUME") and kind not in run_events:
+                ts = ev.get("timestamp") or {}
+                run_events[kind] = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6
         except QemuTimeoutError:
             status = (await target.qmp("query-migrate")).get("status", "")
         if status in ("completed", "failed", "cancelled"):
