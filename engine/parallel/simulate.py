@@ -23,6 +23,11 @@ What :func:`simulate` promises:
 * ``progress`` gets a :class:`SimulationProgress` whenever an interval starts
   or ends and about once a second meanwhile: intervals done, running,
   failed, and the projected time left.
+* Cancelling: an exception raised by ``progress`` stops the run and
+  propagates out of :func:`simulate`; the scheduler stops its jobs on the way
+  (the local one interrupts its worker processes, whose replays shut QEMU
+  down; the Dask one cancels its futures) and nothing is stored. The app's
+  cancel button works this way.
 """
 
 from __future__ import annotations
