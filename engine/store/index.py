@@ -36,7 +36,6 @@ interrupted append that no checkpoint references.
 
 from __future__ import annotations
 
-import heapq
 import mmap
 import os
 import struct
@@ -60,11 +59,13 @@ IDX_HEADER = struct.Struct("<8sIIQII")
 ENTRY = struct.Struct("<IQI")
 PACK_LEN = struct.Struct("<IQ")
 FAN = struct.Struct("<II")
+_U32 = struct.Struct("<I")
 TRAILER = 16
 MAX_FANOUT_BITS = 22
 MERGE_RATIO = 4
 MERGE_MIN = 4        # merge only once this many segments of similar size gathered
 MAX_SEGMENTS = 10
+MERGE_CHUNK = 1 << 14   # entries sorted at once by a merge, about
 _LITTLE = sys.byteorder == "little"
 
 Entry = tuple[int, int, int]  # pack id, offset, record length
@@ -106,6 +107,39 @@ def pack_entries(entries: Iterable[Entry]) -> bytes:
             out[at + j::ENTRY.size] = raw[j::width]
         at += width
     return bytes(out)
+
+
+_REC = 16 + ENTRY.size   # a hash and its entry side by side (merges)
+
+
+def _interleave(hashes: bytes, entries: bytes) -> bytearray:
+    """Records of ``_REC`` bytes, each hash followed by its entry (strided copies)."""
+    out = bytearray(len(hashes) + len(entries))
+    for j in range(16):
+        out[j::_REC] = hashes[j::16]
+    for j in range(ENTRY.size):
+        out[16 + j::_REC] = entries[j::ENTRY.size]
+    return out
+
+
+def _deinterleave(recs: bytes) -> tuple[bytearray, bytearray]:
+    """The inverse of :func:`_interleave`."""
+    n = len(recs) // _REC
+    hashes, entries = bytearray(16 * n), bytearray(ENTRY.size * n)
+    for j in range(16):
+        hashes[j::16] = recs[j::_REC]
+    for j in range(ENTRY.size):
+        entries[j::ENTRY.size] = recs[16 + j::_REC]
+    return hashes, entries
+
+
+def _newest_wins(parts: list[bytes]) -> list[bytes]:
+    """Sorted records of ``parts`` (newest first) with one record per hash, the newest."""
+    table: dict[bytes, bytes] = {}
+    for blob in map(bytes, reversed(parts)):
+        for i in range(0, len(blob), _REC):
+            table[blob[i:i + 16]] = blob[i:i + _REC]
+    return [table[h] for h in sorted(table)]
 
 
 def encode_segment(hashes: list[bytes], entries: list[bytes],
@@ -211,6 +245,22 @@ class Segment:
     def hash_blob(self) -> bytes:
         """All hashes of the segment, sorted and concatenated (16 bytes each)."""
         return self._mm[self.hash_off:self.entry_off]
+
+    def bucket_range(self, prefix: int, bits: int) -> tuple[int, int]:
+        """Entry numbers ``[lo, hi)`` of the hashes whose top ``bits`` bits are
+        ``prefix`` (``bits`` at most this segment's fanout bits)."""
+        if bits == 0:
+            return 0, self.count
+        shift = self.bits - bits
+        lo = _U32.unpack_from(self._mm, self.fan_off + 4 * (prefix << shift))[0]
+        hi = _U32.unpack_from(self._mm, self.fan_off + 4 * ((prefix + 1) << shift))[0]
+        return lo, min(hi, self.count)
+
+    def records(self, lo: int, hi: int) -> bytearray:
+        """Entries ``lo`` to ``hi`` as hash-and-entry records (see ``_interleave``)."""
+        mm, h, e = self._mm, self.hash_off, self.entry_off
+        return _interleave(mm[h + 16 * lo:h + 16 * hi],
+                           mm[e + ENTRY.size * lo:e + ENTRY.size * hi])
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """(hash, packed entry) pairs in hash order."""
@@ -473,23 +523,53 @@ class Index:
                 return
 
     def _merge(self, segs: list[Segment]) -> None:
-        """One segment from ``segs`` (newest first), streamed: memory stays flat.
+        """One segment from ``segs`` (newest first), a slice of hashes at a time.
 
-        Each segment is already sorted, so a k-way merge suffices; where two
-        hold the same page (only after a crash mid-merge) the newer wins.
+        Each segment is sorted and its fanout table says where every hash
+        prefix starts, so the segments are cut at the same prefixes into
+        chunks of about ``MERGE_CHUNK`` entries; a chunk's records (hash and
+        entry side by side) are sorted with ``list.sort``, which finds the
+        sorted runs and merges them in C. Memory stays flat: one chunk besides
+        the output. Where two segments hold the same page (only after a crash
+        mid-merge) the newer one's entry wins.
         """
         lengths: dict[int, int] = {}
         for seg in segs:
             for pid, length in seg.pack_lengths.items():
                 lengths[pid] = max(length, lengths.get(pid, 0))
-        runs = [((h, rank, e) for h, e in seg.items()) for rank, seg in enumerate(segs)]
+        total = sum(seg.count for seg in segs)
+        bits = min([seg.bits for seg in segs] + [(total // MERGE_CHUNK).bit_length()])
         hashes, entries = bytearray(), bytearray()
-        last = None
-        for h, _rank, e in heapq.merge(*runs):
-            if h != last:
-                hashes += h
-                entries += e
-                last = h
+        ends = [0] * len(segs)     # how far each segment has been taken
+        for chunk in range(1 << bits):
+            parts = []
+            for k, seg in enumerate(segs):
+                lo, hi = seg.bucket_range(chunk, bits)
+                if lo != ends[k] or hi < lo:
+                    raise IntegrityError(f"index segment {seg.path}: fanout table is not "
+                                         f"monotonic at prefix {chunk}", offset=seg.fan_off)
+                ends[k] = hi
+                if hi > lo:
+                    parts.append(seg.records(lo, hi))
+            if not parts:
+                continue
+            blob = b"".join(parts)
+            recs = [blob[i:i + _REC] for i in range(0, len(blob), _REC)]
+            recs.sort()
+            keys = [r[:16] for r in recs]
+            if len(set(keys)) != len(keys):
+                recs = _newest_wins(parts)
+            for r in (recs[0], recs[-1]):
+                if bits and int.from_bytes(r[:4], "big") >> (32 - bits) != chunk:
+                    raise IntegrityError(f"index segments {segs[0].path.name}..: a hash outside "
+                                         f"its fanout bucket", offset=0)
+            h, e = _deinterleave(b"".join(recs))
+            hashes += h
+            entries += e
+        for k, seg in enumerate(segs):
+            if ends[k] != seg.count:
+                raise IntegrityError(f"index segment {seg.path}: fanout table ends at "
+                                     f"{ends[k]}, the segment holds {seg.count}", offset=seg.fan_off)
         first = min(s.first for s in segs)
         data = encode_segment_blobs(hashes, entries, lengths)
         del hashes, entries

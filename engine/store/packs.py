@@ -29,9 +29,11 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import accumulate, repeat
 from pathlib import Path
 from typing import Iterator
 
@@ -65,6 +67,17 @@ _xxh3_128 = xxhash.xxh3_128_digest
 _compress = lz4.block.compress
 _decompress = lz4.block.decompress
 _pack_fixed = REC_FIXED.pack
+_pack_u32 = struct.Struct("<I").pack
+
+def _iov_max() -> int:
+    try:
+        n = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):
+        n = -1
+    return min(n if n > 0 else 16, 1024) & ~1   # POSIX guarantees 16; even: (header, payload) pairs
+
+
+_IOV_MAX = _iov_max()
 
 
 def pack_name(pack_id: int) -> str:
@@ -388,9 +401,7 @@ class PackWriter:
         self.locations: dict[bytes, tuple[int, int, int]] = {}   # append_pages: digest -> where
         self._direct = False    # True inside the background thread's batches: write, do not queue
         self._raw_streak = 0    # pages in a row that did not compress (append_pages)
-        self._wbuf: bytearray | None = None   # append_pages: records laid out here...
-        self._wpos = 0                        # ...up to here
-        self._unsynced = 0
+        self._unsynced = 0      # append_pages: bytes written since the last fdatasync
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbtui-pack-writer")
         self._pending: deque[Future] = deque()
 
@@ -467,63 +478,68 @@ class PackWriter:
         self._pending.append(self._io.submit(self._append_batch, batch))
 
     def _append_batch(self, batch: list[tuple[bytes, object]]) -> None:
-        """Compress and lay out a batch (in the background thread): ``append_page``
-        unrolled, and pages in a stretch that does not compress are not tried
-        one by one (see ``RAW_STREAK``)."""
+        """Compress, lay out and write a batch (in the background thread).
+
+        The work is done a column at a time (``map`` and list slicing run in
+        C), not a record at a time: on a stretch of new pages that do not
+        compress this thread's share of the GIL is what an import waits for.
+        Records are written with ``writev`` straight from the pages' buffers,
+        no copy into a staging buffer. Pages in a stretch that does not
+        compress are not tried one by one (see ``RAW_STREAK``).
+        """
         self._direct = True
-        if self._wbuf is None:
-            # records are laid out in place in one buffer that is reused:
-            # appending to a bytearray and clearing it would reallocate it
-            self._wbuf = bytearray(self.FLUSH_AT + MAX_RECORD)
-        wbuf = self._wbuf
-        locations = self.locations
-        checked = REC_CHECKED
-        rec_size = REC_HEADER.size
-        streak = self._raw_streak
-        for digest, page in batch:
+        digests = [d for d, _p in batch]
+        pages = [p for _d, p in batch]
+        sizes = list(map(len, pages))
+        if sizes and max(sizes) > MAX_PAGE:
+            raise StoreError(f"a page of {max(sizes)} bytes is larger than a pack record may hold")
+        payloads = self._payloads(pages, sizes)
+        stored = list(map(len, payloads))
+        codecs = [CODEC_RAW if a == b else CODEC_LZ4 for a, b in zip(sizes, stored)]
+        heads = list(map(_pack_fixed, repeat(REC_MAGIC, len(batch)), codecs, digests, sizes, stored))
+        heads = [h + _pack_u32(_xxh32(h)) for h in heads]
+        lengths = [REC_HEADER.size + n for n in stored]
+        k = 0
+        while k < len(batch):
             if self._fd is None or self._pos >= self.target_size:
                 self._open_next()
-            n = len(page)
-            if n > MAX_PAGE:
-                raise StoreError(f"a page of {n} bytes is larger than a pack record may hold")
-            payload = page
-            codec = CODEC_RAW
-            if streak < self.RAW_STREAK or streak % self.RAW_PROBE == 0:
-                packed = _compress(page, store_size=False)
-                if len(packed) < n:
-                    codec, payload = CODEC_LZ4, packed
-                    streak = 0
-                else:
-                    streak += 1
-            else:
-                streak += 1
-            stored = len(payload)
-            head = _pack_fixed(REC_MAGIC, codec, digest, n, stored)
-            length = rec_size + stored
-            locations[digest] = (self._pack_id, self._pos, length)
-            w = self._wpos
-            wbuf[w:w + checked] = head
-            wbuf[w + checked:w + rec_size] = _xxh32(head).to_bytes(4, "little")
-            wbuf[w + rec_size:w + length] = payload
-            self._wpos = w + length
-            self._pos += length
-            self.bytes_written += length
-            if self._wpos >= self.FLUSH_AT:
-                self._flush()
-        self._raw_streak = streak
-
-    def _flush(self) -> None:
-        if self._wpos and self._fd is not None:
-            # append_pages' buffer, written by the thread that filled it (or by
-            # commit once that thread is done)
-            with memoryview(self._wbuf) as view:
-                _write_all(self._fd, view[:self._wpos])
-            self._unsynced += self._wpos
-            self._wpos = 0
-            if self._direct and self._unsynced >= self.SYNC_EVERY:
+            # records up to the first that starts at or past the pack's target size
+            starts = list(accumulate(lengths[k:], initial=self._pos))
+            j = k + max(1, bisect_left(starts, self.target_size, hi=len(starts) - 1))
+            pid = self._pack_id
+            self.locations.update(zip(digests[k:j], zip(repeat(pid), starts, lengths[k:j])))
+            iov: list = [None] * (2 * (j - k))
+            iov[0::2] = heads[k:j]
+            iov[1::2] = payloads[k:j]
+            size = starts[j - k] - self._pos
+            for a in range(0, len(iov), _IOV_MAX):
+                _write_all(self._fd, iov[a:a + _IOV_MAX])
+            self._pos += size
+            self.bytes_written += size
+            self._unsynced += size
+            if self._unsynced >= self.SYNC_EVERY:
                 # start the disk on it now, so commit's fsync has little left to wait for
                 os.fdatasync(self._fd)
                 self._unsynced = 0
+            k = j
+
+    def _payloads(self, pages: list, sizes: list[int]) -> list:
+        """Each page's stored form: its lz4 block where that is shorter, else the page."""
+        streak = self._raw_streak
+        out = []
+        for p, n in zip(pages, sizes):
+            if streak < self.RAW_STREAK or streak % self.RAW_PROBE == 0:
+                packed = _compress(p, store_size=False)
+                if len(packed) < n:
+                    out.append(packed)
+                    streak = 0
+                    continue
+            streak += 1
+            out.append(p)
+        self._raw_streak = streak
+        return out
+
+    def _flush(self) -> None:
         if self._buf and self._fd is not None:
             # bound the memory queued behind a slow disk
             while len(self._pending) >= self.MAX_QUEUED:
@@ -568,7 +584,6 @@ class PackWriter:
             os.close(self._fd)
             self._fd = None
         self._buf.clear()
-        self._wpos = 0
         for pack_id, length in self._touched.items():
             path = self.directory / pack_name(pack_id)
             if pack_id in self._created:
@@ -580,7 +595,16 @@ class PackWriter:
                 os.truncate(path, length)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data) -> None:
+    """Write all of ``data``: one bytes-like object, or a list of them (one
+    ``writev``, at most ``_IOV_MAX`` of them; the rest of a short write is
+    written from a copy)."""
+    if isinstance(data, list):
+        total = sum(map(len, data))
+        done = os.writev(fd, data)
+        if done == total:
+            return
+        data = b"".join(data)[done:]
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
