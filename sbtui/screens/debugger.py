@@ -8,6 +8,13 @@ same worker, posted as ``ReplayStopped``. Long operations post
 ``ReplayProgressed``; a key pressed while one runs is refused with a notice
 instead of queueing behind it. Escape closes the replay in the background and
 goes back to the session screen.
+
+The layout follows the terminal (breakpoint classes on the screen, CSS in
+``sbtui.tcss``): from ``WIDE`` columns every panel is shown at once; below it
+the disassembly keeps at least 60 columns and one detail panel (memory, stack
+= backtrace and breakpoints, the replay's console, and below ``MEDIUM`` the
+registers too) is shown under it, ``t`` shows the next one. Below ``TALL``
+rows the lower panels shrink.
 """
 
 from __future__ import annotations
@@ -32,10 +39,15 @@ from sbtui.widgets.backtrace import BacktraceView
 from sbtui.widgets.breakpoints import BreakpointsView
 from sbtui.widgets.disassembly import DisassemblyView
 from sbtui.widgets.memory import BYTES_PER_LINE, MemoryView
-from sbtui.widgets.registers import RegistersView
+from sbtui.widgets.registers import RegistersPanel, RegistersView
 from sbtui.widgets.replay_position import ReplayPosition
 from sbtui.widgets.status_bar import StatusBar
 from sbtui.widgets.tail_log import TailLog
+
+WIDE = 150       # registers (50) + disassembly (>= 60) + backtrace/breakpoints (38)
+MEDIUM = 110     # registers (50) + disassembly (>= 60)
+TALL = 36        # rows for 15-row lower panels
+PANELS = ("registers", "memory", "stack", "console")   # what t cycles through
 
 Op = Callable[[Debugger, Callable[[ReplayProgress], None]], StopEvent | None]
 
@@ -49,8 +61,12 @@ def parse_int(text: str) -> int:
 
 
 class DebuggerScreen(SbtuiScreen):
+    AUTO_FOCUS = "#replay-console"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (MEDIUM, "-medium"), (WIDE, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (TALL, "-tall")]
     BINDINGS = [
         Binding("escape", "back", "Back", id="replay.back"),
+        Binding("t", "next_panel", "Panel", id="replay.next_panel"),
         Binding("s", "step('step')", "Step", id="replay.step"),
         Binding("n", "step('next')", "Next", id="replay.next"),
         Binding("i", "step('stepi')", "Stepi", id="replay.stepi"),
@@ -90,12 +106,15 @@ class DebuggerScreen(SbtuiScreen):
         self.memory_physical = False
         self.last_stop = ""
         self.closing = False
+        self.panel = ""          # the detail panel chosen with t ("": the default)
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
         with Horizontal(id="dbg-top"):
-            yield RegistersView(id="registers")
+            # disassembly first: below MEDIUM the registers go under it (the
+            # CSS docks them left when there is room beside it)
             yield DisassemblyView(id="disassembly")
+            yield RegistersPanel(id="registers")
             with Vertical(id="dbg-side"):
                 yield BacktraceView(id="backtrace")
                 yield BreakpointsView(id="breakpoints")
@@ -111,7 +130,60 @@ class DebuggerScreen(SbtuiScreen):
         for wid, title in titles.items():
             self.query_one(f"#{wid}").border_title = title
         self.update_status()
+        self._show_panel()
         self.run_op(f"restoring checkpoint #{self.checkpoint.index}", self._start)
+
+    # -- layout --------------------------------------------------------------
+    def on_resize(self) -> None:
+        # after Screen's own resize handler has set the breakpoint classes
+        self.call_later(self._show_panel)
+
+    def panels(self) -> tuple[str, ...]:
+        """The detail panels shown one at a time at this size (none when wide)."""
+        if self.has_class("-wide"):
+            return ()
+        return PANELS if self.has_class("-narrow") else PANELS[1:]
+
+    def shown_panel(self) -> str:
+        panels = self.panels()
+        if not panels:
+            return ""
+        return self.panel if self.panel in panels else panels[0]
+
+    def _show_panel(self) -> None:
+        shown = self.shown_panel()
+        self.set_class(bool(shown), "one-panel")
+        for name in PANELS:
+            self.set_class(name == shown, f"show-{name}")
+        hint = "t: next panel" if shown else ""
+        for wid in ("registers", "memory", "backtrace", "replay-console"):
+            self.query_one(f"#{wid}").border_subtitle = hint
+        self.call_after_refresh(self._keep_focus_visible)
+        self.refresh_bindings()
+
+    def _keep_focus_visible(self) -> None:
+        # a panel that went away cannot keep the focus: give it to one shown
+        # (the console, or the registers so the arrows scroll them)
+        if self.focused is not None and self.focused.region.area:
+            return
+        for wid in ("#replay-console", "#registers"):
+            widget = self.query_one(wid)
+            if widget.region.area:
+                widget.focus()
+                return
+        self.set_focus(None)
+
+    def action_next_panel(self) -> None:
+        panels = self.panels()
+        if not panels:
+            return
+        self.panel = panels[(panels.index(self.shown_panel()) + 1) % len(panels)]
+        self._show_panel()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "next_panel" and not self.panels():
+            return False    # wide: every panel is on screen
+        return True
 
     # -- the one worker ------------------------------------------------------
     def _start(self, _: Debugger | None, progress) -> None:
@@ -155,7 +227,9 @@ class DebuggerScreen(SbtuiScreen):
         frames = dbg.backtrace()
         bps = dbg.breakpoints()
         address = self.memory_address if self.memory_address is not None else regs.get("rsp", 0)
-        rows = max(4, self.query_one(MemoryView).size.height)
+        # at least 16 lines: a panel hidden now (narrow terminal) has no size,
+        # and one shown later lays out the same bytes at its width
+        rows = max(16, self.query_one(MemoryView).size.height)
         memory, error = b"", ""
         try:
             memory = dbg.read_memory(address, rows * BYTES_PER_LINE, self.memory_physical)
@@ -322,7 +396,8 @@ class DebuggerScreen(SbtuiScreen):
 
     def action_memory_scroll(self, direction: int) -> None:
         if self.snapshot:
-            self.memory_address = self.snapshot.memory_address + direction * BYTES_PER_LINE * 8
+            step = self.query_one(MemoryView).bytes_per_line * 8
+            self.memory_address = self.snapshot.memory_address + direction * step
             self.run_op("memory", lambda d, p: None)
 
     def palette_commands(self) -> list[PaletteCommand]:
@@ -345,6 +420,8 @@ class DebuggerScreen(SbtuiScreen):
             PaletteCommand("breakpoint: add…", "at a symbol or *address", self.action_add_breakpoint),
             PaletteCommand("breakpoint: delete…", "by number", self.action_delete_breakpoint),
             PaletteCommand("watchpoint: add…", "stop after writes to an address", self.action_add_watchpoint),
+            *([PaletteCommand("panel: show the next one", "/".join(self.panels()) + " (t)",
+                              self.action_next_panel)] if self.panels() else []),
             PaletteCommand("memory: go to…", "address, symbol or $register", self.action_memory_goto),
             PaletteCommand("memory: follow pointer", "jump to the first qword shown", self.action_memory_follow),
             PaletteCommand("memory: virtual / physical", "switch address space", self.action_memory_space),

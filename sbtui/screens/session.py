@@ -104,8 +104,9 @@ class SessionScreen(SessionAnalysis, SbtuiScreen):   # analyses: see session_ana
             self._unsubscribe()
 
     def on_resize(self) -> None:
-        # the breakpoint classes may have changed: h is offered only when narrow
-        self.refresh_bindings()
+        # h is offered only when narrow; later, once Screen's own resize
+        # handler has set the breakpoint classes
+        self.call_later(self.refresh_bindings)
 
     @property
     def narrow(self) -> bool:
