@@ -18,6 +18,8 @@ Promises:
   their QEMUs die with them (``PR_SET_PDEATHSIG``). On Ctrl-C or an error the
   workers get SIGINT (their replays shut QEMU down and remove their files),
   then SIGKILL if they linger.
+* It works in a host whose ``sys.stderr`` is no file (the Textual app
+  captures it, and its ``fileno()`` is -1): see :func:`_ensure_resource_tracker`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 from collections import deque
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
@@ -73,6 +77,46 @@ def _slot_main(conn, job_fn) -> None:
         conn.send(data)
 
 
+class _StderrWithoutFd:
+    """``sys.stderr`` as it is, except that it has no file descriptor."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def fileno(self) -> int:
+        raise OSError("no file descriptor")
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+_TRACKER_LOCK = threading.Lock()
+
+
+def _ensure_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker so that spawning works.
+
+    The tracker is started on the first spawn and given ``sys.stderr``'s file
+    descriptor; a stream that answers -1 (Textual's capture of stderr while an
+    app runs) makes every spawn fail with "bad value(s) in fds_to_keep". Such
+    a host's tracker is started without a stderr instead (its warnings about
+    leaked semaphores are lost rather than drawn over the app).
+    """
+    from multiprocessing import resource_tracker
+    try:
+        if sys.stderr is None or sys.stderr.fileno() >= 0:
+            return
+    except (AttributeError, OSError, ValueError):
+        return      # no fileno at all: the tracker leaves stderr out by itself
+    with _TRACKER_LOCK:
+        saved = sys.stderr
+        sys.stderr = _StderrWithoutFd(saved)
+        try:
+            resource_tracker.ensure_running()
+        finally:
+            sys.stderr = saved
+
+
 class _Slot:
     """One worker process and the interval it runs."""
 
@@ -115,6 +159,7 @@ class LocalScheduler:
 
     def run(self, rec: Recording, plan: list[PlannedInterval], analysis: str,
             params: dict[str, Any], offsets: dict[int, int], events: EventSink) -> None:
+        _ensure_resource_tracker()
         ctx = multiprocessing.get_context("spawn")
         path = str(Path(rec.path).resolve())
         pending = deque(p.index for p in plan)

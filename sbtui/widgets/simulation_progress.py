@@ -24,6 +24,9 @@ Promises:
   bubbles to the screen): with the stored ``AnalysisInfo``, or
   ``cancelled``, or the ``error``. An error also goes to the app's one
   handler for failed workers (an error dialog).
+* Nothing outlives the panel: when it is unmounted (the app quits) a running
+  simulation is cancelled and waited for (:data:`STOP_S` at most), so its
+  replay processes are gone when the app is.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from textual.widgets import Label, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
 from engine.api import AnalysisInfo, AnalysisView, SimulationProgress
+
+STOP_S = 60.0      # a cancelled run: the next progress report, then SIGINT to the replays
 
 
 class SimulationCancelled(Exception):
@@ -104,6 +109,8 @@ class SimulationPanel(Vertical):
         self.progress: SimulationProgress | None = None
         self.info: AnalysisInfo | None = None
         self._cancel = threading.Event()
+        self._idle = threading.Event()     # no simulate() call in progress
+        self._idle.set()
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -127,6 +134,7 @@ class SimulationPanel(Vertical):
         self.progress = None
         self.info = None
         self._cancel.clear()
+        self._idle.clear()
         where = scheduler or f"{jobs} local process{'es' if jobs != 1 else ''}"
         self._show(title=f"analysis: {analysis}", counts="starting…",
                    detail=f"replaying every interval in {where}; Esc cancels")
@@ -142,6 +150,15 @@ class SimulationPanel(Vertical):
         self.query_one("#sim-detail", Static).update(
             "cancelling: the running replays are stopped at the next progress report…")
         return True
+
+    def stop(self, timeout: float = STOP_S) -> bool:
+        """Cancel a running simulation and wait until it has stopped (from the
+        UI loop: it blocks). True when nothing runs any more."""
+        self._cancel.set()
+        return self._idle.wait(timeout)
+
+    def on_unmount(self) -> None:
+        self.stop()
 
     def dismiss(self) -> None:
         """Hide the outcome of a finished run."""
@@ -171,6 +188,8 @@ class SimulationPanel(Vertical):
         except BaseException as err:
             self.post_message(self.Finished(analysis, error=err))
             raise       # to the app's handler: an error dialog
+        finally:
+            self._idle.set()
         self.post_message(self.Finished(analysis, info))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
