@@ -8,7 +8,11 @@ the same run:
   (our route: a new replay QEMU, the state streamed from the page store over
   a pipe), against QEMU's own route for the same state: a replay QEMU started
   with ``rrsnapshot=`` that ``loadvm``s it from a qcow2 image, plus the same
-  gdb attach. Target: ratio at most 1.
+  gdb attach. Both routes start gdb at the same moment, beside QEMU's work
+  (as the debugger does), and attach it the same way. Each route runs
+  ``SBTUI_BENCH_RESTORE_ROUNDS`` (5) times, alternated; medians. Also
+  printed: the time until the replay is paused (no gdb), and our phases
+  (``ReplaySession.timings``). Target: ratio at most 1.
 * reverse-stepi in the middle of an interval (the debugger goes to the
   middle, steps forward, then back). Target: under 2 s.
 * replay speed: the recording's wall time for an interval (less the
@@ -36,10 +40,11 @@ from engine.guest import build_demo_guest
 from engine.qemu import MachineSpec, QemuProcess, gdb_tcp
 from engine.recording.format import Recording
 from engine.recording.recorder import Recorder
-from engine.replay.session import ReplaySession, make_vmstate_image
+from engine.replay.session import ReplaySession
 from engine.replay.verify import verify_recording
 
 SIZES = (256, 1024)
+RESTORE_ROUNDS = int(os.environ.get("SBTUI_BENCH_RESTORE_ROUNDS", "5"))
 
 
 def _record(guest, mib: int, where: Path) -> Recording:
@@ -54,33 +59,72 @@ def _record(guest, mib: int, where: Path) -> Recording:
     return Recording.open(path)
 
 
-async def _restore_ours(rec: Recording, cp) -> float:
+async def _restore_ours(rec: Recording, cp) -> tuple[float, float, dict[str, float]]:
+    """Our route until gdb read the registers: (seconds, seconds until the
+    replay was paused at the checkpoint, the session's phases)."""
     t0 = time.monotonic()
-    async with ReplaySession(rec, cp, gdb=gdb_tcp(port := _free_port())):
-        with GdbDebugger() as gdb:
+    port = _free_port()
+    gdb = GdbDebugger()
+    try:
+        gdb.start_launch()   # both routes start gdb at t0, beside QEMU's work
+        async with ReplaySession(rec, cp, gdb=gdb_tcp(port)) as rs:
+            paused = time.monotonic() - t0
             gdb.connect(f"127.0.0.1:{port}")
             gdb.registers()
-            return time.monotonic() - t0
+            return time.monotonic() - t0, paused, dict(rs.timings)
+    finally:
+        gdb.close()
 
 
-async def _restore_qemu_loadvm(rec: Recording, cp, work: Path) -> float:
-    """QEMU's own route: savevm the same state into a qcow2 (not timed), then
-    time a replay QEMU that loads it with rrsnapshot= until gdb reads registers."""
+async def _loadvm_image(rec: Recording, cp, work: Path) -> tuple[Path, Path]:
+    """QEMU's own route needs the state as a qcow2 snapshot: savevm it (not timed)."""
     image = work / "loadvm.qcow2"
     async with ReplaySession(rec, cp) as rs:
         await rs.save_snapshot("bench")
         shutil.copyfile(rs.vmstate_image, image)
-    log = rec.replay_log(work)
+    return image, rec.replay_log(work)
+
+
+async def _restore_qemu_loadvm(rec: Recording, image: Path, log: Path,
+                               work: Path) -> tuple[float, float]:
+    """A replay QEMU that loads the snapshot with rrsnapshot= (at start-up),
+    until gdb read the registers: (seconds, seconds until QMP answered, i.e.
+    the state was loaded)."""
     port = _free_port()
     spec = rec.machine_spec().with_rr("replay").replace(
         rrfile=str(log), vmstate_image=str(image), rrsnapshot="bench", paused=True,
         debugcon_path=str(work / "debugcon.out"), gdb=gdb_tcp(port))
     t0 = time.monotonic()
-    async with QemuProcess(spec, workdir=work / "q"):
-        with GdbDebugger() as gdb:
+    gdb = GdbDebugger()
+    try:
+        gdb.start_launch()
+        async with QemuProcess(spec, workdir=work / "q"):
+            paused = time.monotonic() - t0
             gdb.connect(f"127.0.0.1:{port}")
             gdb.registers()
-            return time.monotonic() - t0
+            return time.monotonic() - t0, paused
+    finally:
+        gdb.close()
+
+
+def _restore_figures(rec: Recording, cp, work: Path, rounds: int) -> None:
+    """Both routes, alternated ``rounds`` times; medians (the machine is noisy)."""
+    image, log = asyncio.run(_loadvm_image(rec, cp, work))
+    ours, theirs, phases = [], [], []
+    for _ in range(rounds):
+        total, paused, timings = asyncio.run(_restore_ours(rec, cp))
+        ours.append((total, paused))
+        phases.append(timings)
+        theirs.append(asyncio.run(_restore_qemu_loadvm(rec, image, log, work)))
+    o, op = (statistics.median(x) for x in zip(*ours))
+    t, tp = (statistics.median(x) for x in zip(*theirs))
+    print(f"  restore + gdb attach (median of {rounds}): {o:.2f} s, QEMU loadvm (rrsnapshot) + "
+          f"gdb attach {t:.2f} s: ratio {o / t:.2f} (target <= 1); until paused without gdb: "
+          f"{op:.2f} s against {tp:.2f} s, ratio {op / tp:.2f}", flush=True)
+    names = list(phases[0])
+    print("  our phases (median): " + ", ".join(
+        f"{n} {statistics.median(p.get(n, 0.0) for p in phases) * 1000:.0f} ms" for n in names),
+        flush=True)
 
 
 async def _replay_speed(rec: Recording, a, b) -> tuple[float, float]:
@@ -121,10 +165,7 @@ def main() -> None:
             # The interval with the most instructions: the workload, not boot or idle.
             k = max(range(len(cps) - 1), key=lambda i: cps[i + 1].icount - cps[i].icount)
             a, b = cps[k], cps[k + 1]
-            ours = asyncio.run(_restore_ours(rec, b))
-            theirs = asyncio.run(_restore_qemu_loadvm(rec, b, work))
-            print(f"  restore + gdb attach: {ours:.2f} s, QEMU loadvm (rrsnapshot) + gdb attach "
-                  f"{theirs:.2f} s: ratio {ours / theirs:.2f} (target <= 1)", flush=True)
+            _restore_figures(rec, b, work, RESTORE_ROUNDS)
             rev = _reverse_stepi(rec, a, b)
             print(f"  reverse-stepi in the middle of interval {k}: median {rev:.2f} s "
                   f"(target < 2 s)", flush=True)

@@ -183,6 +183,8 @@ class ReplayDebugger:
         dbg = cls(rec, vmlinux=vmlinux, system_map=system_map_of(rec))
         try:
             cp = rec.checkpoint(checkpoint_id)
+            # gdb starts and reads the symbols while the checkpoint is restored.
+            dbg._gdb.start_launch(vmlinux=dbg._vmlinux, system_map=dbg._system_map)
             dbg._restart(cp, progress)
         except BaseException:
             dbg.close()

@@ -59,6 +59,7 @@ Reverse execution, the contract with the replay layer:
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,19 +257,57 @@ class GdbDebugger:
         self._connected = False
         self._last_reverse = False      # the direction of the last execution command
         self._last_gdbstop: GdbStop | None = None
+        self._launcher: threading.Thread | None = None
+        self._launch_error: BaseException | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
     def __enter__(self) -> "GdbDebugger":
-        if self._own and self.gdb.pid is None:
-            self.gdb.launch()
+        self._ensure_launched()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def start_launch(self, *, vmlinux: str | Path | None = None,
+                     system_map: str | Path | None = None) -> None:
+        """Start gdb (and load symbols, when given) in a background thread, so
+        its start-up (0.1-0.4 s here) overlaps the caller's work, e.g. a
+        restore. :meth:`connect`, :meth:`load_symbols` and ``with`` wait for
+        it and raise its error if it failed; :meth:`close` waits for it too,
+        so no gdb is left running. Does nothing if gdb is started already."""
+        if not self._own or self.gdb.pid is not None or self._launcher is not None:
+            return
+
+        def run() -> None:
+            try:
+                self.gdb.launch()
+                if vmlinux is not None or system_map is not None:
+                    self.load_symbols(vmlinux=vmlinux, system_map=system_map)
+            except BaseException as exc:  # noqa: BLE001 - raised by the next call
+                self._launch_error = exc
+
+        self._launcher = threading.Thread(target=run, name="sbtui-gdb-launch", daemon=True)
+        self._launcher.start()
+
+    def _ensure_launched(self) -> None:
+        launcher = self._launcher
+        if launcher is not None:
+            if launcher is not threading.current_thread():
+                launcher.join()   # bounded: every step of a launch has a timeout
+                self._launcher = None
+                err, self._launch_error = self._launch_error, None
+                if err is not None:
+                    raise err
+            return
+        if self._own and self.gdb.pid is None:
+            self.gdb.launch()
+
     def close(self, timeout: float = 5.0) -> None:
         """Shut gdb down if this debugger started it (it detaches from QEMU)."""
+        if self._launcher is not None and self._launcher is not threading.current_thread():
+            self._launcher.join()
+            self._launcher = None
         if self._own:
             self.gdb.shutdown(timeout)
 
@@ -277,8 +316,7 @@ class GdbDebugger:
     def connect(self, target: str, timeout: float = CONNECT_TIMEOUT) -> GdbStop:
         """Attach to a gdbstub: ``HOST:PORT``, ``tcp:HOST:PORT`` (QEMU's ``-gdb``
         spelling works too) or the path of a unix socket. Returns the stop."""
-        if self._own and self.gdb.pid is None:
-            self.gdb.launch()
+        self._ensure_launched()
         spec = _remote_spec(target)
         deadline = time.monotonic() + timeout
         with self.gdb.lock:
@@ -311,6 +349,7 @@ class GdbDebugger:
         """Load kernel symbols: ``vmlinux`` (with debug info) when given, else a
         System.map through a symbol ELF. ``offset`` is a KASLR slide (0 with
         ``nokaslr``). Returns the file gdb loaded."""
+        self._ensure_launched()
         if vmlinux is not None:
             path = Path(vmlinux)
             if not path.is_file():

@@ -6,7 +6,8 @@ Every session needs a fresh one, and ``qemu-img create`` costs a process
 start (10-25 ms here, more on a loaded machine) for what is always the same
 few hundred KiB, so the bytes come from a template:
 
-* made once with ``qemu-img create`` and kept in memory for the process;
+* made once with ``qemu-img create`` and kept in memory for the process
+  (as its non-zero stretches: each copy is written sparse);
 * also kept in the per-user cache (``cache_dir()/vmstate-template-*.qcow2``)
   so a new process (a CLI run, a verify worker) starts without qemu-img. The
   name carries what the bytes depend on (the qemu-img binary's path, size and
@@ -41,31 +42,62 @@ QCOW2_MAGIC = b"QFI\xfb"
 _MAX_TEMPLATE = 64 << 20   # anything bigger is not an empty 1 MiB qcow2
 
 _lock = threading.Lock()
-_memo: dict[str, bytes] = {}
+_memo: dict[str, tuple[int, tuple[tuple[int, bytes], ...]]] = {}
 
 
 def vmstate_image(path: Path) -> Path:
-    """A fresh, empty VM-state qcow2 at ``path`` (which must not be in use)."""
-    data = template_bytes()
+    """A fresh, empty VM-state qcow2 at ``path`` (which must not be in use).
+
+    Written sparse: of the 6 MiB (three 2 MiB clusters) only the three
+    metadata blocks hold data, and on tmpfs a hole costs no memory."""
+    size, extents = _template()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(data)
+        for offset, chunk in extents:
+            f.seek(offset)
+            f.write(chunk)
+        f.truncate(size)
     return Path(path)
 
 
 def template_bytes() -> bytes:
     """The empty image's bytes: from memory, else the cache, else qemu-img."""
+    size, extents = _template()
+    data = bytearray(size)
+    for offset, chunk in extents:
+        data[offset:offset + len(chunk)] = chunk
+    return bytes(data)
+
+
+def _template() -> tuple[int, tuple[tuple[int, bytes], ...]]:
     qemu_img = find_qemu_img()
     key = _key(qemu_img)
     with _lock:
-        data = _memo.get(key)
-        if data is None:
+        found = _memo.get(key)
+        if found is None:
             data = _read_cached(key)
             if data is None:
                 data = _create(qemu_img)
                 _publish(key, data)
-            _memo[key] = data
-    return data
+            found = _memo[key] = (len(data), _extents(data))
+    return found
+
+
+def _extents(data: bytes, block: int = 4096) -> tuple[tuple[int, bytes], ...]:
+    """The non-zero ``block``-sized stretches of ``data`` as (offset, bytes)."""
+    out: list[tuple[int, bytes]] = []
+    zero = bytes(block)
+    start = None
+    for offset in range(0, len(data), block):
+        nonzero = data[offset:offset + block] != zero[:len(data) - offset]
+        if nonzero and start is None:
+            start = offset
+        elif not nonzero and start is not None:
+            out.append((start, data[start:offset]))
+            start = None
+    if start is not None:
+        out.append((start, data[start:]))
+    return tuple(out)
 
 
 def create_image(path: Path, qemu_img: str | None = None) -> Path:
