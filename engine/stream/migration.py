@@ -1015,8 +1015,7 @@ def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO, *,
                     out.append(fills.get(index, 0))
                 else:
                     if len(data) != PAGE_SIZE:
-                        raise StreamError(f"page source returned {len(data)} bytes for page record "
-                                          f"{index} ({name}+{addr:#x}); expected {PAGE_SIZE} or None")
+                        _check_pages((data,), 0, 1, index, name, addr, who="page source")
                     out += pack_u64(addr | page_hdr | cont)
                     out += suffix
                     out += data
@@ -1044,6 +1043,30 @@ _RUN_REQUEST = 1024
 _LIST_PAGES = 256     # pages of a list piece written as one block (1 MiB)
 
 
+def _check_pages(pages, got: int, want: int, index: int, name: str, addr: int, *,
+                 who: str = "run source") -> None:
+    """The checks every page answer passes, in one place: raise the StreamError
+    for the first thing wrong with ``pages``, the payloads a page or run source
+    answered for records ``index``, ``index + 1``... (at ``addr``, ``addr +
+    PAGE_SIZE``...) of a request for ``want`` records, ``got`` of which it had
+    answered before them.
+
+    An answer may not hold more records than were asked for (checked first, for
+    all of ``pages`` at once), and each payload is a whole page (a page
+    source's ``None``, a ZERO record, never gets here). Callers test the
+    common case inline and call this only when something is off, so the
+    messages and their order live here while the fast path stays a compare.
+    """
+    if got + len(pages) > want:
+        raise StreamError(f"{who} answered more than the {want} records of the run at page "
+                          f"record {index - got} ({name})")
+    for k, pg in enumerate(pages):
+        if len(pg) != PAGE_SIZE:
+            expected = f"{PAGE_SIZE} or None" if who == "page source" else f"{PAGE_SIZE}"
+            raise StreamError(f"{who} returned {len(pg)} bytes for page record {index + k} "
+                              f"({name}+{addr + k * PAGE_SIZE:#x}); expected {expected}")
+
+
 def _assemble_run(run_source, name: str, counted: bytes | None, index: int, addr: int,
                   count: int, out: bytearray, flush, emit, fills: dict[int, int],
                   fill_at: list[int]) -> int:
@@ -1065,14 +1088,8 @@ def _assemble_run(run_source, name: str, counted: bytes | None, index: int, addr
                 for a in range(0, len(piece), _LIST_PAGES):
                     pages = piece[a:a + _LIST_PAGES]
                     m = len(pages)
-                    if got + m > want:
-                        raise StreamError(f"run source answered more than the {want} records "
-                                          f"of the run at page record {index - got} ({name})")
-                    if set(map(len, pages)) != {PAGE_SIZE}:
-                        bad = next(k for k, pg in enumerate(pages) if len(pg) != PAGE_SIZE)
-                        raise StreamError(f"run source returned {len(pages[bad])} bytes for page "
-                                          f"record {index + bad} ({name}+{addr + bad * PAGE_SIZE:#x})"
-                                          f"; expected {PAGE_SIZE}")
+                    if got + m > want or set(map(len, pages)) != {PAGE_SIZE}:
+                        _check_pages(pages, got, want, index, name, addr)
                     first = addr | page_cont
                     parts: list = [None] * (2 * m)
                     parts[0::2] = map(pack_u64, range(first, first + m * PAGE_SIZE, PAGE_SIZE))
@@ -1085,12 +1102,8 @@ def _assemble_run(run_source, name: str, counted: bytes | None, index: int, addr
                 continue
             if piece.__class__ is list:     # the block's first record names it: one by one
                 for pg in piece:
-                    if got >= want:
-                        raise StreamError(f"run source answered more than the {want} records "
-                                          f"of the run at page record {index - got} ({name})")
-                    if len(pg) != PAGE_SIZE:
-                        raise StreamError(f"run source returned {len(pg)} bytes for page record "
-                                          f"{index} ({name}+{addr:#x}); expected {PAGE_SIZE}")
+                    if got >= want or len(pg) != PAGE_SIZE:
+                        _check_pages((pg,), got, want, index, name, addr)
                     got += 1
                     if counted is not None:
                         out += pack_u64(addr | FLAG_PAGE)
@@ -1134,12 +1147,8 @@ def _assemble_run(run_source, name: str, counted: bytes | None, index: int, addr
                     index += z
                     addr += z * PAGE_SIZE
                 continue
-            if got >= want:
-                raise StreamError(f"run source answered more than the {want} records of the run "
-                                  f"at page record {index - got} ({name})")
-            if len(piece) != PAGE_SIZE:
-                raise StreamError(f"run source returned {len(piece)} bytes for page record "
-                                  f"{index} ({name}+{addr:#x}); expected {PAGE_SIZE}")
+            if got >= want or len(piece) != PAGE_SIZE:
+                _check_pages((piece,), got, want, index, name, addr)
             got += 1
             if counted is not None:
                 out += pack_u64(addr | FLAG_PAGE)
