@@ -1,5 +1,6 @@
 """Snapshot tests at 160x48 of the screens the README shows, from the same
-scenarios as ``python -m sbtui.screenshots`` (fixed fake session, no clock).
+scenarios as ``python -m sbtui.screenshots`` (fixed fake session, no clock),
+and of the session and debugger screens on an 80x24 terminal.
 Update the baselines with ``pytest tests/test_app_snapshots.py --snapshot-update``
 after looking at the new SVGs."""
 
@@ -19,3 +20,12 @@ def config_dir(tmp_path, monkeypatch):
 def test_screen_looks_as_approved(snap_compare, name):
     factory, scenario = SCENARIOS[name]
     assert snap_compare(factory(), run_before=scenario, terminal_size=SIZE)
+
+
+SMALL = (80, 24)      # the default terminal (and what CI reports)
+
+
+@pytest.mark.parametrize("name", ["session", "debugger"])
+def test_screen_on_80x24_looks_as_approved(snap_compare, name):
+    factory, scenario = SCENARIOS[name]
+    assert snap_compare(factory(), run_before=scenario, terminal_size=SMALL)

@@ -46,7 +46,7 @@ from sbtui.widgets.tail_log import TailLog
 
 WIDE = 150       # registers (50) + disassembly (>= 60) + backtrace/breakpoints (38)
 MEDIUM = 110     # registers (50) + disassembly (>= 60)
-TALL = 36        # rows for 15-row lower panels
+TALL = 45        # rows for 15-row lower panels with every register above them
 PANELS = ("registers", "memory", "stack", "console")   # what t cycles through
 
 Op = Callable[[Debugger, Callable[[ReplayProgress], None]], StopEvent | None]
@@ -164,11 +164,13 @@ class DebuggerScreen(SbtuiScreen):
     def _keep_focus_visible(self) -> None:
         # a panel that went away cannot keep the focus: give it to one shown
         # (the console, or the registers so the arrows scroll them)
-        if self.focused is not None and self.focused.region.area:
+        def displayed(widget) -> bool:
+            return all(node.display for node in widget.ancestors_with_self if node is not self.app)
+        if self.focused is not None and displayed(self.focused):
             return
         for wid in ("#replay-console", "#registers"):
             widget = self.query_one(wid)
-            if widget.region.area:
+            if displayed(widget):
                 widget.focus()
                 return
         self.set_focus(None)
