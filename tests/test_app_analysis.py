@@ -262,3 +262,18 @@ def test_heatmap_in_writeset_mode_looks_as_approved(snap_compare):
         await pilot.pause()
 
     assert snap_compare(WritesetHeatmapApp(), run_before=show_sub_step, terminal_size=(100, 30))
+
+
+async def test_quitting_during_a_simulation_stops_it_first():
+    session = FakeSession(60, latency=30.0, **SMALL)
+    app = SbtuiApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.rows, what="rows")
+        panel = screen.query_one(SimulationPanel)
+        await pilot.press("A")
+        await wait_for(pilot, lambda: panel.progress is not None, what="the first progress report")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
+    assert panel._idle.is_set(), "the simulation outlived the app"
+    assert session.recording.analyses() == [] and session.closed
