@@ -145,6 +145,8 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _CHUNK = 1 << 20
+_SPARES = 8          # read buffers a reader keeps for reuse, at most...
+_SPARES_RESTING = 2  # ...the newest of them not yet reused
 # The longest thing that can follow a section footer and must be seen to
 # accept it: type, be32 id, u8 length, 255-byte idstr, be32 instance, be32 version.
 _LOOKAHEAD = 1 + 4 + 1 + 255 + 8
@@ -275,7 +277,7 @@ class SectionInfo:
 class _Reader:
     """A forward-only buffered reader that knows stream offsets and hashes what it reads."""
 
-    __slots__ = ("src", "readinto", "buf", "pos", "mark", "base", "eof", "hasher")
+    __slots__ = ("src", "readinto", "buf", "pos", "mark", "base", "eof", "hasher", "spares")
 
     def __init__(self, src: BinaryIO):
         self.src = src
@@ -288,6 +290,7 @@ class _Reader:
         self.base = 0  # stream offset of buf[0]
         self.eof = False
         self.hasher = xxhash.xxh3_64()
+        self.spares: list[bytearray] = []   # buffers fill() replaced, oldest first
 
     @property
     def offset(self) -> int:
@@ -299,12 +302,12 @@ class _Reader:
             if self.eof:
                 return False
             # Drop what was consumed and committed, so memory stays bounded by
-            # one section (plus one chunk). Each fill makes a new buffer (views
+            # one section (plus one chunk). Each fill takes another buffer (views
             # handed out in runs keep the old one) and reads straight into it.
             drop = self.mark
             keep = len(self.buf) - drop
             want = max(_CHUNK, n - (len(self.buf) - self.pos))
-            nb = bytearray(keep + want)
+            nb = self._spare(keep + want)
             got = 0
             with memoryview(nb) as view:
                 view[:keep] = memoryview(self.buf)[drop:]
@@ -317,10 +320,36 @@ class _Reader:
             if got < want:
                 del nb[keep + got:]
             self.base += drop
+            if isinstance(self.buf, bytearray):
+                self.spares.append(self.buf)
+                if len(self.spares) > _SPARES:
+                    del self.spares[0]
             self.buf = nb
             self.pos -= drop
             self.mark = 0
         return True
+
+    def _spare(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes, contents undefined: an earlier one that no
+        view refers to any more (a consumer done with its runs' pages), else a
+        new one. Reuse matters: the kernel faults a new megabyte in page by
+        page, which costs several times what reading it does. The newest
+        spares are left alone, so a caller still holding one (not a view of it)
+        across a fill reads what it read before."""
+        spares = self.spares
+        for i in range(len(spares) - _SPARES_RESTING):
+            b = spares[i]
+            try:
+                b.append(0)           # refused while a view of it is alive
+            except BufferError:
+                continue
+            del spares[i]
+            if len(b) > size:
+                del b[size:]
+            else:
+                b.extend(bytes(size - len(b)))
+            return b
+        return bytearray(size)
 
     def _read_into(self, view: memoryview) -> int:
         """Fill ``view`` from the source; fewer bytes only at the end of the input."""
