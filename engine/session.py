@@ -242,10 +242,11 @@ class DiskRecordingView:
                 except FileNotFoundError:
                     continue
                 if sizes.get(name) != key:
-                    first = name not in sizes
+                    # Also on first sight: what was written between the subscriber's
+                    # first read and this poll would otherwise wait for the next change
+                    # (a guest that printed once and went quiet showed an empty console).
+                    # An extra event costs a read of nothing new.
                     sizes[name] = key
-                    if first:
-                        continue
                     if kind == "state":
                         self._reload_manifest()
                     for cb in list(self._subscribers):

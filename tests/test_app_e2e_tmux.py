@@ -95,10 +95,11 @@ def gdbs_under(pid: int) -> list[int]:
 class Terminal:
     """One sbtui command in a detached tmux session of 180x50."""
 
-    def __init__(self, tmp_path: Path, *args: str, tag: str):
+    def __init__(self, tmp_path: Path, *args: str, tag: str, env: dict[str, str] | None = None):
         self.name = f"sbtui-e2e-{uuid.uuid4().hex[:8]}"
         self.pidfile = tmp_path / f"{self.name}.pid"
-        env = (f"{TAG_ENV}={tag} SBTUI_CONFIG_DIR={tmp_path / 'config'} TERM=xterm-256color")
+        env = (f"{TAG_ENV}={tag} SBTUI_CONFIG_DIR={tmp_path / 'config'} TERM=xterm-256color"
+               + "".join(f" {k}={v}" for k, v in (env or {}).items()))
         # COLUMNS/LINES from the caller's environment would override the pane's
         # size (Textual sizes itself through shutil.get_terminal_size; CI exports
         # 80x25), so they are dropped and the pane's 180x50 counts.

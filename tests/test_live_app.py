@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import threading
 import time
 
@@ -259,3 +260,74 @@ async def test_app_on_an_attach_session_shows_checkpoints_pause_and_resume(tiny_
             assert not recorder_threads()
             assert await run_state(vm) == "running"
             await talk(vm, "d")
+
+
+# -- end to end in a terminal ---------------------------------------------------------
+
+def _tmux_ready() -> bool:
+    from test_app_e2e_tmux import SBTUI
+    return shutil.which("tmux") is not None and SBTUI.exists()
+
+
+needs_tmux = pytest.mark.skipif(not _tmux_ready(), reason="tmux or .venv/bin/sbtui missing")
+COUNTED = re.compile(r"checkpoints \([1-9]")
+
+
+@needs_tmux
+async def test_attach_in_a_terminal_shows_checkpoints_and_q_detaches_leaving_the_guest_running(
+        tiny_kernel, tmp_path):
+    from test_app_e2e_tmux import Terminal, alive, checkpoint_count
+    sock, rec_path = tmp_path / "qmp.sock", tmp_path / "live"
+    with tagged_qemus() as tag:
+        async with users_qemu(tiny_kernel, sock) as vm:
+            await vm.console.wait_for(READY, timeout=10)
+            term = await asyncio.to_thread(Terminal, tmp_path, "attach", str(sock), str(rec_path),
+                                           "--interval", "1", tag=tag)
+            try:
+                screen = await asyncio.to_thread(term.wait, COUNTED, 60)
+                assert "attached" in screen and "console belongs to" in screen
+                assert "Type to console" not in screen             # not offered: not ours
+                first = checkpoint_count(screen)
+                await asyncio.to_thread(term.wait, re.compile(rf"checkpoints \((?!{first}\))\d"), 60)
+                term.keys("p")
+                await asyncio.to_thread(term.wait, "attached · paused", 30)
+                assert await run_state(vm) == "paused"
+                term.keys("p")
+                await asyncio.to_thread(term.wait, "attached · running", 30)
+                assert await run_state(vm) == "running"
+                term.keys("q")
+                await asyncio.to_thread(term.wait_exit, 60)
+                after = await asyncio.to_thread(term.wait, "the guest runs on", 10)
+                assert "detached;" in after
+            finally:
+                await asyncio.to_thread(term.close)
+            assert not alive(term.pid)
+            # the user's QEMU runs on and answers
+            assert vm.alive and await run_state(vm) == "running"
+            await talk(vm, "e")
+    m = manifest(rec_path)
+    assert m["status"] == "interrupted" and m["error"] is None, (m["status"], m["error"])
+    assert len(Recording.open(rec_path).checkpoints()) >= 2
+
+
+@needs_tmux
+def test_record_live_in_a_terminal_shows_checkpoints_and_q_stops_it(tiny_kernel, tmp_path):
+    from procs import assert_no_qemu, new_tag
+    from test_app_e2e_tmux import Terminal, alive
+    tag = new_tag()
+    rec_path = tmp_path / "live"
+    term = Terminal(tmp_path, "record", str(rec_path), "--live", "--kernel", tiny_kernel,
+                    "--memory", "64", "--interval", "1", tag=tag, env={"SBTUI_ACCEL": "tcg"})
+    try:
+        screen = term.wait(COUNTED, 60)
+        assert "console (live)" in screen and "Checkpoint now" in screen
+        assert "attached" not in screen
+        term.wait(READY, 30)                                   # the guest's own console, shown
+        term.keys("q")
+        term.wait_exit(60)
+    finally:
+        term.close()
+    assert not alive(term.pid)
+    assert_no_qemu(tag)
+    m = manifest(rec_path)
+    assert m["kind"] == "live" and m["status"] == "interrupted" and m["error"] is None
