@@ -150,8 +150,8 @@ class LiveRecordingView(DiskRecordingView):
         st = super().status()
         if st.state is api.GuestState.RUNNING and self._control.paused:
             st = dataclasses.replace(st, state=api.GuestState.PAUSED)
-        if self._control.attached:
-            st = dataclasses.replace(st, attached=True)
+        if self._control.attached and st.state in (api.GuestState.RUNNING, api.GuestState.PAUSED):
+            st = dataclasses.replace(st, attached=True)   # while attached, not after
         return st
 
 

@@ -2,13 +2,18 @@
 
 Two ways in:
 
-* :func:`attach` connects to a QEMU someone else started with
+* :class:`LiveAttach` (``sbtui attach``; :func:`attach` runs one to its end)
+  connects to a QEMU someone else started with
   ``-qmp unix:PATH,server=on,wait=off`` (:class:`AttachedQemu`), takes
-  checkpoints into a live recording, and detaches: it never stops or quits
-  that VM, and puts back the migration capabilities and parameters it
-  changed, so the guest runs on as before.
+  checkpoints into a live recording, and detaches: it never quits that VM,
+  changes its run state only when asked (``pause``/``resume``), and puts back
+  the migration capabilities and parameters it changed.
 * :class:`LiveRecorder` (``sbtui record --live``) starts the guest itself
   (KVM when the probe boot works, TCG otherwise) and checkpoints it the same way.
+
+Both keep one schedule (:class:`_LiveSchedule`): a checkpoint every interval,
+one at once on ``checkpoint_now``, none while the guest is paused, ``stop``
+from any thread; :mod:`engine.live` puts them behind the app's LiveControl.
 
 How a live checkpoint is taken (:class:`LiveCheckpointer`, facts in
 shared/notes/qemu-facts.md): ``migrate-set-capabilities background-snapshot``
