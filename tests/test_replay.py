@@ -3,7 +3,9 @@
 What is proven here, each against real QEMU:
 
 * ``sbtui verify --jobs 2`` verifies every interval (RAM compared page by page
-  with the next checkpoint; the last interval replayed to the end of the log);
+  with the next checkpoint; the last interval replayed to the end of the log)
+  on the parallel engine's local scheduler, with its progress bar, and leaves
+  the recording as it was;
 * a replay from a middle checkpoint to the end reproduces the recorded
   console byte for byte, and ``--icount`` stops at exactly that count;
 * a checkpoint damaged in the store makes ``verify`` fail on exactly that
@@ -43,9 +45,14 @@ def test_verify_jobs_2_verifies_every_interval(demo_recording):
     assert out.returncode == 0, out.stderr.decode()
     report = json.loads(out.stdout)
     assert report["intervals"] == n and report["verified"] == n and report["failed"] == []
+    assert report["jobs"] == 2 and report["scheduler"] == "local:2"
     details = {r["index"]: r["detail"] for r in report["results"]}
     assert all("pages equal" in details[i] for i in range(n - 1)), details
     assert "end of the log" in details[n - 1]
+    # simulate's progress bar, every interval and the finish; the recording is not changed
+    stderr = out.stderr.decode()
+    assert "verify: [" in stderr and f"{n}/{n} done" in stderr and "left" in stderr
+    assert not (demo_recording / "analyses").exists()
 
 
 def test_replay_from_a_middle_checkpoint_reproduces_the_console(demo_recording, tmp_path):

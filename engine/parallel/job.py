@@ -17,6 +17,12 @@ the interval's bounds. The guest's kernel and initrd are the same for every
 job of a recording, so they travel once beside the jobs (:func:`guest_files`;
 Dask scatters them) unless ``build_job(..., inline_guest=True)``.
 
+A *local* job (``build_job(..., local=True)``, what the local scheduler's
+workers build beside the store) carries the same fields except the stream:
+its restore reads the checkpoint from the store while QEMU loads it (the
+store checks every page it reads), and its guest files are links to the
+recording's own. Such a job cannot be encoded.
+
 :func:`run_job` runs on the worker from those bytes only: it rebuilds a
 minimal recording directory in a private temporary directory (on tmpfs when
 there is one: manifest, sparse log, guest files, one checkpoint line, no
@@ -55,7 +61,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import msgpack
 import xxhash
@@ -116,6 +122,15 @@ class IntervalJob:
     log_size: int
     guest_data: dict[str, bytes] = field(default_factory=dict)   # sha256 -> bytes, when inline
     build_s: float = 0.0
+    # Local jobs only (``build_job(..., local=True)``), never on the wire: the
+    # stream is written straight from the store into the restoring QEMU's
+    # pipe, while QEMU loads it (no copy in memory first, no second hash:
+    # the store checks what it reads), and the guest files are the
+    # recording's own (sha256 -> path), linked rather than copied.
+    stream_source: Callable[[BinaryIO], object] | None = field(
+        default=None, repr=False, compare=False, metadata={"wire": False})
+    guest_paths: dict[str, Path] = field(
+        default_factory=dict, repr=False, compare=False, metadata={"wire": False})
 
     @property
     def start_icount(self) -> int:
@@ -125,8 +140,17 @@ class IntervalJob:
     def log_bytes(self) -> int:
         return sum(len(d) for _, d in self.log_pieces)
 
+    @property
+    def local(self) -> bool:
+        """Whether the job reads its stream from a store on this host."""
+        return self.stream_source is not None
+
     def stream_bytes(self) -> bytes:
         """The checkpoint's migration stream, checked against its length and hash."""
+        if self.stream_source is not None:
+            buf = io.BytesIO()
+            self.stream_source(buf)
+            return buf.getvalue()
         data = self.stream
         if self.stream_codec == "lz4":
             import lz4.frame
@@ -140,11 +164,15 @@ class IntervalJob:
 
     def encode(self, *, compress: bool = False) -> bytes:
         """msgpack bytes; ``compress`` lz4-frames the stream (for the network)."""
+        if self.local:
+            raise ReplayError(f"interval {self.index}: a job built to read its stream from the "
+                              "local store cannot travel; build it with local=False")
         stream, codec = self.stream, self.stream_codec
         if compress and codec == "raw":
             import lz4.frame
             stream, codec = lz4.frame.compress(stream), "lz4"
-        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata.get("wire", True)}
         body.update(stream=stream, stream_codec=codec, format=JOB_FORMAT,
                     log_pieces=[[o, d] for o, d in self.log_pieces])
         return JOB_MAGIC + msgpack.packb(body, use_bin_type=True)
@@ -251,8 +279,14 @@ def decode_guest_files(data: bytes) -> dict[str, bytes]:
 
 
 def build_job(rec: Recording, index: int, analysis: str, params: dict[str, Any] | None = None, *,
-              offsets: dict[int, int] | None = None, inline_guest: bool = False) -> IntervalJob:
-    """The job for interval ``index`` (checkpoint ``index`` to the next, or to the end)."""
+              offsets: dict[int, int] | None = None, inline_guest: bool = False,
+              local: bool = False) -> IntervalJob:
+    """The job for interval ``index`` (checkpoint ``index`` to the next, or to the end).
+
+    ``local=True`` is for a worker on the store's host (the local scheduler):
+    the stream is exported from ``rec``'s store while QEMU loads it, so
+    ``rec`` must stay open until the job has run, and the job cannot be
+    encoded. Everything else (log slice, machine, bounds) is the same."""
     from engine.parallel import replaylog
     t0 = time.monotonic()
     if rec.manifest.kind != "record":
@@ -271,9 +305,12 @@ def build_job(rec: Recording, index: int, analysis: str, params: dict[str, Any] 
     log_size = rec.log_path.stat().st_size
     ranges = replaylog.slice_ranges(offsets, index, log_size)
     pieces = replaylog.read_pieces(rec.log_path, ranges)
-    buf = io.BytesIO()
-    rec.store.export_stream(cp.store_id, buf)
-    stream = buf.getvalue()
+    if local:
+        stream = b""
+    else:
+        buf = io.BytesIO()
+        rec.store.export_stream(cp.store_id, buf)
+        stream = buf.getvalue()
     roles = guest_roles(rec)
     spec = dict(rec.manifest.spec)
     for role in ("kernel", "initrd"):
@@ -288,7 +325,11 @@ def build_job(rec: Recording, index: int, analysis: str, params: dict[str, Any] 
         guest={role: digest for role, (digest, _p) in roles.items()},
         stream=stream, stream_codec="raw", stream_len=len(stream),
         stream_xxh3=xxhash.xxh3_128_digest(stream), log_pieces=pieces, log_size=log_size)
-    if inline_guest:
+    if local:
+        store, store_id = rec.store, cp.store_id
+        job.stream_source = lambda dst: store.export_stream(store_id, dst)
+        job.guest_paths = {digest: path for digest, path in roles.values()}
+    elif inline_guest:
         job.guest_data = {digest: path.read_bytes() for digest, path in roles.values()}
     job.build_s = time.monotonic() - t0
     return job
@@ -431,7 +472,7 @@ async def _run(job: IntervalJob, guest: dict[str, bytes], name: str, base: Path)
     work = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=base))
     try:
         rec = await asyncio.to_thread(_materialize, job, guest, work)
-        stream = await asyncio.to_thread(job.stream_bytes)
+        stream = b"" if job.local else await asyncio.to_thread(job.stream_bytes)
         entry = CheckpointEntry.from_json(job.checkpoint)
         memory_path = None
         if analysis.needs_memory_file:
@@ -442,6 +483,9 @@ async def _run(job: IntervalJob, guest: dict[str, bytes], name: str, base: Path)
         result.timings["setup_s"] = time.monotonic() - t0
 
         def source(dst: BinaryIO) -> None:
+            if job.stream_source is not None:
+                job.stream_source(dst)
+                return
             view = memoryview(stream)
             for off in range(0, len(view), _CHUNK):
                 dst.write(view[off:off + _CHUNK])
@@ -493,6 +537,13 @@ def _materialize(job: IntervalJob, guest: dict[str, bytes], work: Path) -> Recor
                         end_icount=job.final_icount)
     rec = Recording.create(rec_dir, manifest)
     for role, digest in job.guest.items():
+        rel = f"{GUEST_DIR}/{role}-{digest[:16]}"
+        local = job.guest_paths.get(digest)
+        if local is not None:
+            # The recording's own file, which the direct replay path uses as it is.
+            os.symlink(Path(local).resolve(), rec_dir / rel)
+            manifest.spec[role] = rel
+            continue
         data = job.guest_data.get(digest)
         if data is None:
             data = guest.get(digest)
@@ -502,7 +553,6 @@ def _materialize(job: IntervalJob, guest: dict[str, bytes], work: Path) -> Recor
         if hashlib.sha256(data).hexdigest() != digest:
             raise ReplayError(f"interval {job.index}: the guest {role} arrived damaged "
                               f"(sha256 differs from {digest[:16]})")
-        rel = f"{GUEST_DIR}/{role}-{digest[:16]}"
         (rec_dir / rel).write_bytes(data)
         manifest.spec[role] = rel
     manifest.spec["rrfile"] = REPLAY_LOG

@@ -1,9 +1,12 @@
 """The local scheduler: interval jobs in N processes on this machine (``--jobs N``).
 
 Each worker process opens the recording itself, builds the interval's job
-(:func:`engine.parallel.job.build_job`: the same bytes a remote worker would
-get, built where the store is, so building runs in parallel too) and runs it
-with :func:`engine.parallel.job.run_job`, the code every scheduler runs.
+(:func:`engine.parallel.job.build_job` with ``local=True``: what a remote
+worker would get, built where the store is, so building runs in parallel too,
+except that the checkpoint's stream goes from the store straight into the
+restoring QEMU while it loads, and the guest files are the recording's own)
+and runs it with :func:`engine.parallel.job.run_job`, the code every
+scheduler runs.
 
 Promises:
 
@@ -35,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import SbtuiError, UsageError
-from engine.parallel.job import (JobResult, build_job, guest_roles, remove_stale_workdirs, run_job,
-                                 scratch_dir, worker_name)
+from engine.parallel.job import (JobResult, build_job, remove_stale_workdirs, run_job, scratch_dir,
+                                 worker_name)
 from engine.parallel.simulate import EventSink, PlannedInterval, SchedulerEvent
 from engine.recording.format import Recording
 
@@ -49,11 +52,10 @@ def _local_job(rec_path: str, index: int, analysis: str, params: dict[str, Any],
     rec = Recording.open(rec_path)
     try:
         try:
-            job = build_job(rec, index, analysis, params, offsets=offsets)
-            guest = {digest: path.read_bytes() for digest, path in guest_roles(rec).values()}
+            job = build_job(rec, index, analysis, params, offsets=offsets, local=True)
         except SbtuiError as err:
             return JobResult(index, analysis, name, error=f"on {name}: {err}").encode()
-        return run_job(job, guest=guest, worker=name).encode()
+        return run_job(job, worker=name).encode()
     finally:
         rec.close()
 

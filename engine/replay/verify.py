@@ -1,40 +1,49 @@
-"""Verify every interval of a recording, in parallel local processes.
+"""Verify every interval of a recording: ``sbtui verify``, on the parallel engine.
 
-``verify_recording(path, jobs=N)`` proves each interval (``prove_interval``)
-without changing the recording: interval k restores checkpoint k, replays to
-checkpoint k+1's instruction count and compares all of RAM with it; the last
-interval replays to the end of the log. Intervals run in ``jobs`` worker
-processes, longest first (by instructions), so the slowest one does not start
-last. Each worker owns its QEMU; a worker that is interrupted shuts its QEMU
-down (and QEMU dies with its parent in any case, PR_SET_PDEATHSIG).
+``verify_recording(rec, jobs=N)`` is :func:`engine.parallel.simulate` with
+the ``verify`` analysis on a :class:`~engine.parallel.local.LocalScheduler`
+of N worker processes (or any scheduler given), so ``sbtui verify`` and
+``sbtui simulate --analysis verify`` are one implementation: the same jobs,
+the same worker code, the same verdict (:func:`engine.parallel.analyses.judge`,
+the rules of :func:`engine.replay.prove.prove_interval`). Interval k restores
+checkpoint k, replays to checkpoint k+1's instruction count and compares
+every RAM page with it; the last interval replays to the end of the log,
+which must end with QEMU exiting cleanly and the recording's console.
+Intervals are handed out longest first.
 
-The report lists every interval's result; ``failed`` names the intervals that
-did not verify.
+Promises:
+
+* The recording is not changed (no results are stored with it; ``sbtui
+  simulate -a verify`` stores them).
+* The report lists every interval asked for, verified or not; ``failed``
+  names those that did not verify, and a failed interval's entry carries
+  the first differing pages (``first_diffs``, block and page index).
+* ``progress`` gets the scheduler's
+  :class:`~engine.parallel.simulate.SimulationProgress` (done, running,
+  failed, time left, and a message per interval started or finished).
+* Ctrl-C (KeyboardInterrupt) stops the workers, whose replays shut their
+  QEMUs down and remove their files, and propagates.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import multiprocessing
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from engine.errors import ReplayError
 from engine.recording.format import Recording
-from engine.replay.prove import IntervalResult, prove_interval
-
-Progress = Callable[[str], None]
 
 
 @dataclass
 class VerifyReport:
+    """What ``sbtui verify`` prints: one entry per interval (an
+    :class:`~engine.parallel.simulate.IntervalOutcome`)."""
+
     intervals: int
-    results: list[IntervalResult] = field(default_factory=list)
+    results: list = field(default_factory=list)
     wall_s: float = 0.0
     jobs: int = 1
+    scheduler: str = ""
 
     @property
     def verified(self) -> int:
@@ -44,69 +53,33 @@ class VerifyReport:
     def failed(self) -> list[int]:
         return sorted(r.index for r in self.results if not r.ok)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"intervals": self.intervals, "verified": self.verified, "failed": self.failed,
-                "wall_s": round(self.wall_s, 3), "jobs": self.jobs,
-                "results": [r.to_json() for r in sorted(self.results, key=lambda r: r.index)]}
+                "wall_s": round(self.wall_s, 3), "jobs": self.jobs, "scheduler": self.scheduler,
+                "results": [_result_json(r) for r in sorted(self.results, key=lambda r: r.index)]}
 
 
-def _prove_in_worker(path: str, index: int) -> IntervalResult:
-    rec = Recording.open(path)
-    try:
-        return asyncio.run(prove_interval(rec, index))
-    finally:
-        rec.close()
+def _result_json(outcome) -> dict[str, Any]:
+    d = outcome.to_json()
+    d.pop("output", None)           # the verify analysis has none
+    # The names `sbtui verify --json` has always used, beside the outcome's own.
+    d["target_icount"] = outcome.end_icount
+    for key in ("restore_s", "replay_s"):
+        d[key] = round(outcome.timings.get(key, 0.0), 3)
+    d["compare_s"] = round(outcome.timings.get("snapshot_s", 0.0), 3)
+    return d
 
 
-def interval_order(rec: Recording) -> list[int]:
-    """Interval indices, longest first (the last interval, of unknown length, first of all)."""
-    cps = rec.checkpoints()
-    lengths = {}
-    for a, b in zip(cps, cps[1:]):
-        lengths[a.index] = b.icount - a.icount
-    if cps:
-        end = rec.manifest.end_icount
-        lengths[cps[-1].index] = (end - cps[-1].icount) if end else float("inf")
-    return sorted(lengths, key=lambda i: (-lengths[i], i))
-
-
-def verify_recording(rec: Recording, *, jobs: int = 1, progress: Progress | None = None,
-                     only: list[int] | None = None) -> VerifyReport:
-    """Prove every interval (or those in ``only``) using ``jobs`` processes."""
-    say = progress or (lambda _m: None)
+def verify_recording(rec: Recording, *, jobs: int = 1,
+                     progress: Callable[[Any], None] | None = None,
+                     only: list[int] | None = None, scheduler=None) -> VerifyReport:
+    """Verify every interval (or those in ``only``) with ``jobs`` local
+    processes, or with ``scheduler`` when one is given."""
+    from engine.parallel.local import LocalScheduler
+    from engine.parallel.simulate import simulate
     if rec.manifest.status == "recording":
         raise ReplayError(f"{rec.path}: the recording is still being made; verify it when it ends")
-    order = interval_order(rec)
-    if only is not None:
-        unknown = sorted(set(only) - set(order))
-        if unknown:
-            raise ReplayError(f"{rec.path}: no interval {unknown[0]} (the recording has "
-                              f"{len(order)} intervals, 0..{len(order) - 1})")
-        order = [i for i in order if i in set(only)]
-    report = VerifyReport(intervals=len(order), jobs=jobs)
-    t0 = time.monotonic()
-    if jobs <= 1:
-        for n, index in enumerate(order, 1):
-            say(f"[{n}/{len(order)}] interval {index}")
-            r = asyncio.run(prove_interval(rec, index))
-            report.results.append(r)
-            say(f"[{n}/{len(order)}] interval {index}: {r.status} {r.detail}")
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {pool.submit(_prove_in_worker, str(Path(rec.path).resolve()), i): i for i in order}
-            try:
-                for n, fut in enumerate(concurrent.futures.as_completed(futures), 1):
-                    index = futures[fut]
-                    try:
-                        r = fut.result()
-                    except Exception as err:  # a worker that died: the interval failed, say why
-                        r = IntervalResult(index, "restore", f"worker failed: {err}")
-                    report.results.append(r)
-                    say(f"[{n}/{len(order)}] interval {index}: {r.status} {r.detail}")
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
-    report.wall_s = time.monotonic() - t0
-    return report
+    sched = scheduler if scheduler is not None else LocalScheduler(jobs)
+    report = simulate(rec, "verify", sched, only=only, progress=progress, save=False)
+    return VerifyReport(intervals=report.intervals, results=list(report.results),
+                        wall_s=report.wall_s, jobs=sched.slots, scheduler=sched.name)

@@ -4,7 +4,9 @@
 runs it to another checkpoint, an exact instruction count, or the end of the
 log; ``--console-out`` keeps exactly what the guest printed meanwhile, and
 ``--gdb`` leaves it paused at the start with a gdb stub for the user's own gdb.
-``verify REC`` proves every interval (see ``engine.replay.verify``).
+``verify REC`` proves every interval in ``--jobs`` local processes, with the
+parallel engine ``sbtui simulate`` uses (see ``engine.replay.verify``), and
+shows the same progress bar on stderr.
 """
 
 from __future__ import annotations
@@ -126,14 +128,16 @@ async def _replay(rec, start, target_icount, args) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     from engine.replay.verify import verify_recording
+    from sbtui.verbs.simulate import ProgressBar
     if args.jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     rec = open_recording(args.recording)
-
-    def say(msg: str) -> None:
-        print(f"verify: {msg}", file=sys.stderr, flush=True)
-
-    report = verify_recording(rec, jobs=args.jobs, progress=say, only=args.interval)
+    bar = ProgressBar(label="verify")
+    try:
+        report = verify_recording(rec, jobs=args.jobs, progress=bar, only=args.interval)
+    finally:
+        bar.close()
+        rec.close()
     if args.json:
         print(json.dumps(report.to_json()))
     else:

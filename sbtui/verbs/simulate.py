@@ -56,10 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class ProgressBar:
-    """Intervals done/running/failed and the time left, on stderr."""
+    """Intervals done/running/failed and the time left, on stderr (``sbtui
+    simulate`` and ``sbtui verify``; ``label`` starts each message line)."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, label: str = "simulate"):
         self.stream = stream or sys.stderr
+        self.label = label
         self.tty = self.stream.isatty()
         self.drawn = False
         self.last_line = ""
@@ -73,11 +75,11 @@ class ProgressBar:
         if self.tty:
             width = shutil.get_terminal_size((100, 20)).columns
             if p.message and not p.message.endswith("started") and "started on" not in p.message:
-                self.stream.write("\r\x1b[K" + f"simulate: {p.message}"[:width] + "\n")
+                self.stream.write("\r\x1b[K" + f"{self.label}: {p.message}"[:width] + "\n")
             self.stream.write("\r\x1b[K" + line[:width - 1])
             self.drawn = True
         elif p.message:
-            self.stream.write(f"simulate: {p.message}\nsimulate: {line}\n")
+            self.stream.write(f"{self.label}: {p.message}\n{self.label}: {line}\n")
         self.stream.flush()
 
     def close(self) -> None:
