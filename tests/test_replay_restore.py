@@ -27,11 +27,12 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from engine.errors import GdbError, IntegrityError, QemuDiedError, QemuError
+from engine.errors import GdbError, IntegrityError, QemuDiedError, QemuError, QemuLaunchError
 from engine.gdb import GdbDebugger
 from engine.gdb.process import GdbProcess
 from engine.qemu import find_qemu_img, gdb_tcp
@@ -260,23 +261,44 @@ async def test_restore_with_gdb_started_beside_it_attaches_and_snapshots_work(re
 
 
 @pytest.mark.qemu
-async def test_qemu_dying_while_the_state_streams_in_is_a_clear_error_and_leaves_nothing(rec):
+@pytest.mark.parametrize("when", ["starting", "streaming"])
+async def test_qemu_dying_during_the_restore_is_a_clear_error_and_leaves_nothing(rec, when):
+    """The stream is produced from the start, beside QEMU's start-up, so QEMU
+    can die in either phase while the feed runs."""
     cp = rec.checkpoints()[1]
     holder: dict[str, ReplaySession] = {}
 
     def source(dst):
-        rec.store.export_stream(cp.store_id, _KillAfter(dst, holder["rs"], 4 << 20))
+        rec.store.export_stream(cp.store_id, _KillOnTheWay(dst, holder["rs"], when))
 
     with tagged_qemus():
         rs = ReplaySession(rec, cp, source=source)
         holder["rs"] = rs
-        with pytest.raises(QemuDiedError) as info:
+        with pytest.raises((QemuDiedError, QemuLaunchError)) as info:
             async with rs:
                 pass
-    assert "exited" in str(info.value) and info.value.exit_code == -9
+    assert "exit" in str(info.value) and info.value.exit_code == -9
+    if when == "streaming":
+        assert isinstance(info.value, QemuDiedError)
     assert rs.vm is None
     assert rs.workdir is not None and not rs.workdir.exists()
     assert not _feed_threads()
+
+
+def _kill_qemu_when(rs: ReplaySession, when: str, timeout: float = 60.0) -> None:
+    """SIGKILL the session's QEMU once it runs ("starting") or once it reported
+    the incoming migration active ("streaming"); bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        vm = rs.vm
+        if vm is not None and vm.pid is not None:
+            if when == "starting" or any(
+                    e.get("event") == "MIGRATION" and e.get("data", {}).get("status") == "active"
+                    for e in list(vm.events_seen)):
+                os.kill(vm.pid, 9)
+                return
+        time.sleep(0.002)
+    raise AssertionError(f"QEMU never got to {when} within {timeout:g} s")
 
 
 @pytest.mark.qemu
@@ -297,19 +319,26 @@ async def test_a_stream_qemu_refuses_is_a_clear_error_and_leaves_nothing(rec):
     assert not _feed_threads()
 
 
-class _KillAfter:
-    """A writer that SIGKILLs the session's QEMU once ``limit`` bytes went through."""
+class _KillOnTheWay:
+    """Passes the stream on; at the first write ("starting") or once 2 MiB
+    went through and reached QEMU ("streaming"), kills the session's QEMU."""
 
-    def __init__(self, dst, rs: ReplaySession, limit: int):
-        self.dst, self.rs, self.limit, self.count = dst, rs, limit, 0
+    def __init__(self, dst, rs: ReplaySession, when: str):
+        self.dst, self.rs, self.when = dst, rs, when
+        self.count = 0
+        self.done = False
 
     def write(self, data) -> int:
+        if not self.done and self.when == "starting":
+            self.done = True
+            _kill_qemu_when(self.rs, "starting")
         n = self.dst.write(data)
         self.count += len(data)
-        if self.count >= self.limit and self.rs.vm is not None and self.rs.vm.alive:
-            os.kill(self.rs.vm.pid, 9)
+        if not self.done and self.count >= 2 << 20:
+            self.done = True
+            self.dst.flush()   # QEMU reports the migration active once bytes arrive
+            _kill_qemu_when(self.rs, "streaming")
         return n
 
     def flush(self) -> None:
         self.dst.flush()
-

@@ -11,6 +11,10 @@ the one QEMU gives for the stream breaking off; a refused stream raises
 :class:`QemuDiedError`; ``timeout`` bounds it all. The feeding thread is
 joined before any of these is raised.
 
+:class:`Prefetch` starts a feed early (before QEMU is up) into a bounded
+in-memory buffer, so producing the stream overlaps QEMU's start; it is
+passed to :func:`load_stream` in place of the feed.
+
 Waiting: QEMU sends MIGRATION events only with the ``events`` migration
 capability on (it is off by default, and without it the wait fell back to
 polling ``query-migrate`` once a second, which cost a whole second per
@@ -21,7 +25,9 @@ is still asked when no event came for a while, as a safety net.
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
+import io
 import logging
 import os
 import threading
@@ -41,6 +47,10 @@ PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # Without an event for this long, ask query-migrate (a safety net only).
 POLL_FALLBACK_S = 1.0
+# How much of a stream a Prefetch holds before its producer waits: more than
+# is made while QEMU starts (about 0.1 s), bounded for big guests.
+PREFETCH_BYTES = 64 << 20
+PREFETCH_CHUNK = 1 << 20
 
 
 def _widen(fd: int) -> None:
@@ -123,3 +133,104 @@ async def _wait(vm: QemuProcess, events, what: str, timeout: float) -> str:
             info = await vm.qmp("query-migrate")
             status = info.get("status", status)
     return status
+
+
+class PrefetchCancelled(Exception):
+    """Raised inside a prefetching feed's writes once the prefetch was cancelled."""
+
+
+class Prefetch:
+    """``feed(dst)`` run from now on in a thread, into a bounded buffer.
+
+    Call the instance as a feed (``prefetch(dst)``, what :func:`load_stream`
+    does): it writes what was produced so far, then the rest as it comes,
+    and raises the feed's own error, if any, after the bytes before it. The
+    producer waits while ``limit`` bytes are held. :meth:`cancel` (always
+    call it, e.g. in ``finally``) stops the producer, whose next write raises
+    :class:`PrefetchCancelled`, and waits for its thread; so does a
+    consumer that stops early (an exception from ``dst``).
+    """
+
+    def __init__(self, feed: Callable[[BinaryIO], object], *, limit: int = PREFETCH_BYTES,
+                 name: str = "sbtui-stream-prefetch"):
+        self._feed = feed
+        self._limit = limit
+        self._cond = threading.Condition()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._held = 0
+        self._done = False
+        self._cancelled = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def failed(self) -> bool:
+        """The feed has already raised (its error is :attr:`error`)."""
+        with self._cond:
+            return self._done and self.error is not None
+
+    def _run(self) -> None:
+        try:
+            with io.BufferedWriter(_ChunkSink(self), buffer_size=PREFETCH_CHUNK) as dst:
+                self._feed(dst)
+        except PrefetchCancelled:
+            pass
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            self.error = err
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def _put(self, chunk: bytes) -> None:
+        with self._cond:
+            while self._held >= self._limit and not self._cancelled:
+                self._cond.wait()
+            if self._cancelled:
+                raise PrefetchCancelled("the stream is no longer wanted")
+            self._chunks.append(chunk)
+            self._held += len(chunk)
+            self._cond.notify_all()
+
+    def __call__(self, dst: BinaryIO) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._chunks and not self._done:
+                        self._cond.wait()
+                    if not self._chunks:
+                        break
+                    chunk = self._chunks.popleft()
+                    self._held -= len(chunk)
+                    self._cond.notify_all()
+                dst.write(chunk)
+        except BaseException:
+            self.cancel()
+            raise
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def cancel(self, timeout: float = 30.0) -> None:
+        """Stop the producer and wait (bounded) for its thread; idempotent."""
+        with self._cond:
+            self._cancelled = True
+            self._chunks.clear()
+            self._held = 0
+            self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+class _ChunkSink(io.RawIOBase):
+    def __init__(self, owner: Prefetch):
+        self._owner = owner
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        chunk = bytes(data)   # the caller reuses its buffer
+        self._owner._put(chunk)
+        return len(chunk)

@@ -35,8 +35,10 @@ version mismatch is the error reported even when QEMU itself failed first);
 the VM-state image is copied from a template (:mod:`engine.replay.vmstate`)
 instead of a ``qemu-img`` run; a finished recording's replay log is used in
 place, read-only (QEMU opens it ``rb``); the default work directory is on
-tmpfs; the wait for the loaded state is event-driven
-(:func:`~engine.qemu.incoming.load_stream`). The VM-state image is activated
+tmpfs; the stream is produced from the start of :meth:`start` into a
+bounded buffer (:class:`~engine.qemu.incoming.Prefetch`), so the export
+overlaps making the files and starting QEMU; the wait for the loaded state is
+event-driven (:func:`~engine.qemu.incoming.load_stream`). The VM-state image is activated
 (``blockdev-set-active``) only when a snapshot is taken: an active qcow2
 makes the flush QEMU does when gdb attaches (``vm_stop``) cost an fdatasync,
 40-140 ms on this machine's disk, on every attach.
@@ -56,7 +58,7 @@ from typing import BinaryIO, Callable
 
 from engine.errors import QemuError, QemuTimeoutError, ReplayError, SbtuiError
 from engine.qemu import QemuProcess, find_qemu, qemu_version
-from engine.qemu.incoming import load_stream
+from engine.qemu.incoming import Prefetch, load_stream
 from engine.recording.format import CheckpointEntry, Recording
 from engine.replay.vmstate import vmstate_image
 from engine.stream.qcow2 import open_vmstate
@@ -133,6 +135,7 @@ class ReplaySession:
         self.vm: QemuProcess | None = None
         self.restore_s: float | None = None
         self.timings: dict[str, float] = {}
+        self._prefetch: Prefetch | None = None
         self._snapshots = 0
 
     # -- lifetime ---------------------------------------------------------
@@ -153,6 +156,9 @@ class ReplaySession:
         binary = find_qemu()
         version = asyncio.ensure_future(asyncio.to_thread(qemu_version, binary))
         checked = False
+        # The stream is produced from now on, while the files are made and
+        # QEMU starts; load_stream drains what is ready, then the rest.
+        self._prefetch = Prefetch(self._feed)
         try:
             self.workdir = self._make_workdir()
             log_path, vmstate = await _gather_threads(
@@ -206,30 +212,37 @@ class ReplaySession:
             return f"checkpoint {self.checkpoint.index}"
         return f"the snapshot at icount {self.start_icount}"
 
+    def _feed(self, dst: BinaryIO) -> None:
+        if self.source is not None:
+            self.source(dst)
+        else:
+            self.rec.store.export_stream(self.checkpoint.store_id, dst)
+
     async def _load_checkpoint(self) -> None:
-        store = self.rec.store
-
-        def feed(dst) -> None:
-            if self.source is not None:
-                self.source(dst)
-            else:
-                store.export_stream(self.checkpoint.store_id, dst)
-
+        assert self._prefetch is not None
+        if self._prefetch.failed:   # e.g. a damaged store: no use streaming the rest
+            raise self._prefetch.error  # type: ignore[misc]
         t = time.monotonic()
         try:
-            await load_stream(self._vm(), feed, what=self._what(), timeout=self.restore_timeout)
+            await load_stream(self._vm(), self._prefetch, what=self._what(),
+                              timeout=self.restore_timeout)
         except QemuTimeoutError as err:
             raise ReplayError(str(err).splitlines()[0]) from err
         self._phase("state streamed in (migrate-incoming until completed)", t)
 
     async def close(self) -> None:
         vm, self.vm = self.vm, None
+        prefetch, self._prefetch = self._prefetch, None
         try:
             if vm is not None:
                 await vm.shutdown(timeout=5.0)
         finally:
-            if self.workdir is not None and self._workdir_arg is None:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+            try:
+                if prefetch is not None:
+                    await asyncio.to_thread(prefetch.cancel)
+            finally:
+                if self.workdir is not None and self._workdir_arg is None:
+                    shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- where the replay stands -----------------------------------------
 
