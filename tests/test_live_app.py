@@ -284,10 +284,13 @@ async def test_attach_in_a_terminal_shows_checkpoints_and_q_detaches_leaving_the
             term = await asyncio.to_thread(Terminal, tmp_path, "attach", str(sock), str(rec_path),
                                            "--interval", "1", tag=tag)
             try:
+                # one wait per thing: a capture can catch the screen half drawn
                 screen = await asyncio.to_thread(term.wait, COUNTED, 60)
-                assert "attached" in screen and "console belongs to" in screen
-                assert "Type to console" not in screen             # not offered: not ours
                 first = checkpoint_count(screen)
+                await asyncio.to_thread(term.wait, "attached · running", 10)
+                await asyncio.to_thread(term.wait, "console belongs to", 10)
+                screen = await asyncio.to_thread(term.wait, "Checkpoint now", 10)   # the footer
+                assert "Type to console" not in screen             # not offered: not ours
                 await asyncio.to_thread(term.wait, re.compile(rf"checkpoints \((?!{first}\))\d"), 60)
                 term.keys("p")
                 await asyncio.to_thread(term.wait, "attached · paused", 30)
@@ -319,10 +322,12 @@ def test_record_live_in_a_terminal_shows_checkpoints_and_q_stops_it(tiny_kernel,
     term = Terminal(tmp_path, "record", str(rec_path), "--live", "--kernel", tiny_kernel,
                     "--memory", "64", "--interval", "1", tag=tag, env={"SBTUI_ACCEL": "tcg"})
     try:
-        screen = term.wait(COUNTED, 60)
-        assert "console (live)" in screen and "Checkpoint now" in screen
+        term.wait(COUNTED, 60)
+        # one wait per thing: a capture can catch the screen half drawn
+        term.wait("console (live)", 10)
+        term.wait("Type to console", 10)                       # the console is ours
+        screen = term.wait(READY, 30)                          # the guest's own console, shown
         assert "attached" not in screen
-        term.wait(READY, 30)                                   # the guest's own console, shown
         term.keys("q")
         term.wait_exit(60)
     finally:
