@@ -145,7 +145,7 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _CHUNK = 1 << 20
-_SPARES = 8          # read buffers a reader keeps for reuse, at most...
+_SPARES = 16         # read buffers a reader keeps for reuse, at most...
 _SPARES_RESTING = 2  # ...the newest of them not yet reused
 # The longest thing that can follow a section footer and must be seen to
 # accept it: type, be32 id, u8 length, 255-byte idstr, be32 instance, be32 version.
@@ -339,15 +339,17 @@ class _Reader:
         spares = self.spares
         for i in range(len(spares) - _SPARES_RESTING):
             b = spares[i]
-            try:
-                b.append(0)           # refused while a view of it is alive
+            try:   # a resize is refused while a view of the buffer is alive
+                if len(b) > size:
+                    del b[size:]      # within its allocation: no copy
+                elif len(b) < size:
+                    b.extend(bytes(size - len(b)))
+                else:
+                    del b[-1:]        # a resize that costs nothing, to ask
+                    b.append(0)
             except BufferError:
                 continue
             del spares[i]
-            if len(b) > size:
-                del b[size:]
-            else:
-                b.extend(bytes(size - len(b)))
             return b
         return bytearray(size)
 
