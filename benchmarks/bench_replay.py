@@ -10,7 +10,7 @@ the same run:
   with ``rrsnapshot=`` that ``loadvm``s it from a qcow2 image, plus the same
   gdb attach. Both routes start gdb at the same moment, beside QEMU's work
   (as the debugger does), and attach it the same way. Each route runs
-  ``SBTUI_BENCH_RESTORE_ROUNDS`` (5) times, alternated; medians. Also
+  ``SBTUI_BENCH_RESTORE_ROUNDS`` (9) times, alternated; medians. Also
   printed: the time until the replay is paused (no gdb), and our phases
   (``ReplaySession.timings``). Target: ratio at most 1.
 * reverse-stepi in the middle of an interval (the debugger goes to the
@@ -44,7 +44,7 @@ from engine.replay.session import ReplaySession
 from engine.replay.verify import verify_recording
 
 SIZES = (256, 1024)
-RESTORE_ROUNDS = int(os.environ.get("SBTUI_BENCH_RESTORE_ROUNDS", "5"))
+RESTORE_ROUNDS = int(os.environ.get("SBTUI_BENCH_RESTORE_ROUNDS", "9"))
 
 
 def _record(guest, mib: int, where: Path) -> Recording:

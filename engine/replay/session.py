@@ -156,15 +156,16 @@ class ReplaySession:
         binary = find_qemu()
         version = asyncio.ensure_future(asyncio.to_thread(qemu_version, binary))
         checked = False
-        # The stream is produced from now on, while the files are made and
-        # QEMU starts; load_stream drains what is ready, then the rest.
-        self._prefetch = Prefetch(self._feed)
         try:
             self.workdir = self._make_workdir()
             log_path, vmstate = await _gather_threads(
                 lambda: self.rec.replay_log(self.workdir),
                 lambda: make_vmstate_image(self.workdir / "vmstate.qcow2"))
             self._phase("replay log and VM-state image", t0)
+            # The stream is produced from now on, while QEMU starts;
+            # load_stream drains what is ready, then the rest. (Started after
+            # the files: its Python work would hold up theirs for the GIL.)
+            self._prefetch = Prefetch(self._feed)
             spec = self.rec.machine_spec().with_rr("replay").replace(
                 rrfile=str(log_path), vmstate_image=str(vmstate), incoming_defer=True,
                 paused=True, debugcon_path=str(self.workdir / "debugcon.out"), gdb=self.gdb)
