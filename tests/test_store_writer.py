@@ -155,3 +155,32 @@ def test_merge_refuses_a_segment_whose_fanout_lies(tmp_path, monkeypatch, bucket
     index = idx.Index(tmp_path, strict=False)
     with pytest.raises(IntegrityError, match="fanout"):
         index._merge([other, idx.Segment(bad_path)])
+
+
+def test_a_failing_background_fdatasync_rolls_the_import_back(tmp_path, monkeypatch):
+    rng = random.Random(4)
+    first = snapshot([page(f"f{i}") for i in range(64)])
+    second = snapshot([rng.randbytes(PAGE) for _ in range(600)])
+    path = tmp_path / "st"
+    with Store.open(path, create=True) as s:
+        s.import_stream(io.BytesIO(first), name="first")
+        before = {p.name: p.read_bytes() for p in (path / "packs").iterdir()}
+        calls = []
+
+        def failing(fd):
+            calls.append(fd)
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(PackWriter, "SYNC_EVERY", 64 << 10)   # syncs start mid-import
+        monkeypatch.setattr(os, "fdatasync", failing)
+        with pytest.raises(OSError, match="Input/output"):
+            s.import_stream(io.BytesIO(second), name="second")
+        monkeypatch.undo()
+        assert calls
+        assert {p.name: p.read_bytes() for p in (path / "packs").iterdir()} == before
+        assert [i.name for i in s.checkpoints()] == ["first"]
+        info = s.import_stream(io.BytesIO(second), name="second")
+        out = io.BytesIO()
+        s.export_stream(info.id, out)
+        assert out.getvalue() == second
+        assert s.fsck().ok

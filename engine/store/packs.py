@@ -402,6 +402,8 @@ class PackWriter:
         self._direct = False    # True inside the background thread's batches: write, do not queue
         self._raw_streak = 0    # pages in a row that did not compress (append_pages)
         self._unsynced = 0      # append_pages: bytes written since the last fdatasync
+        self._syncer: ThreadPoolExecutor | None = None   # runs those fdatasyncs
+        self._sync: Future | None = None
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbtui-pack-writer")
         self._pending: deque[Future] = deque()
 
@@ -518,10 +520,29 @@ class PackWriter:
             self.bytes_written += size
             self._unsynced += size
             if self._unsynced >= self.SYNC_EVERY:
-                # start the disk on it now, so commit's fsync has little left to wait for
-                os.fdatasync(self._fd)
-                self._unsynced = 0
+                self._start_sync()
             k = j
+
+    def _start_sync(self) -> None:
+        """Start the disk on what was written, so commit's fsync has little left
+        to wait for: an ``fdatasync`` in a thread of its own, so this writer
+        goes on laying out records meanwhile (one at a time; skipped while the
+        last one runs). Its error comes out of a later call or of commit."""
+        prev = self._sync
+        if prev is not None:
+            if not prev.done():
+                return
+            prev.result()
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbtui-pack-sync")
+        self._sync = self._syncer.submit(os.fdatasync, self._fd)
+        self._unsynced = 0
+
+    def _wait_sync(self) -> None:
+        """Wait for the background fdatasync (before the descriptor closes)."""
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            sync.result()
 
     def _payloads(self, pages: list, sizes: list[int]) -> list:
         """Each page's stored form: its lz4 block where that is shorter, else the page."""
@@ -557,6 +578,7 @@ class PackWriter:
             self._flush()
             if not self._direct:   # the background thread must not wait for itself
                 self._drain()
+            self._wait_sync()
             os.fsync(self._fd)
             os.close(self._fd)
             self._lengths[self._pack_id] = self._pos
@@ -571,6 +593,8 @@ class PackWriter:
             self._close_current()
         finally:
             self._io.shutdown(wait=True)
+            if self._syncer is not None:
+                self._syncer.shutdown(wait=True)
         if self._created:
             fsync_dir(self.directory)   # the new packs' names, too
         return dict(self._lengths)
@@ -580,6 +604,9 @@ class PackWriter:
             fut.cancel() or fut.exception()
         self._pending.clear()
         self._io.shutdown(wait=True)
+        if self._syncer is not None:
+            self._syncer.shutdown(wait=True)   # its fdatasync uses the descriptor
+            self._sync = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
