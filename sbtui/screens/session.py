@@ -38,7 +38,7 @@ from sbtui.widgets.heatmap import Heatmap
 from sbtui.widgets.status_bar import StatusBar
 from sbtui.widgets.timeline import Timeline
 
-WIDE = 130                # columns for table + console and heatmap side by side
+WIDE = 136                # table (86 with ws%) + console beside the heatmap (min 48)
 TALL = 36                 # rows for the full-height console
 MAX_RANGE = 1000          # intervals merged for a range heatmap
 PAGE_CACHE = 64           # dirty-page arrays kept in memory

@@ -126,8 +126,10 @@ class SessionAnalysis(SbtuiScreen):
     def on_writesets_loaded(self, message: WritesetsLoaded) -> None:
         from sbtui.widgets.checkpoint_table import CheckpointTable
         self.writesets = {w.interval: w for w in message.writesets}
-        self.query_one(CheckpointTable).set_working_sets(
-            {w.interval + 1: w.working_set_fraction for w in message.writesets})
+        table = self.query_one(CheckpointTable)
+        table.set_working_sets({w.interval + 1: w.working_set_fraction for w in message.writesets})
+        # the ws% column makes the table wider than the left column's usual 80
+        self.set_class(table.show_ws, "-ws")
         self._apply_writeset()
 
     def selected_writeset(self) -> IntervalWriteset | None:

@@ -344,9 +344,6 @@ class Heatmap(Widget, can_focus=True):
     def _render_legend(self) -> Strip:
         base = self.rich_style
         info = self.get_component_rich_style("heatmap--info", partial=True)
-        segs = [Segment(" clean ", base + info), Segment("  ", self.palette[0]), Segment(" ", base)]
-        for k in range(1, LEVELS + 1):
-            segs.append(Segment("  ", self.palette[k]))
         n = max(1, self.heat.intervals)
         if self.showing_writeset:
             m = len(self.writeset.steps)
@@ -361,8 +358,16 @@ class Heatmap(Widget, can_focus=True):
             scale = "of pages dirty" if n == 1 else f"of {n} intervals × pages"
             if self.ws_mode:
                 scale += " · no writeset here"
-        segs.append(Segment(f" {scale}" if self.showing_writeset else f" 1..100% {scale}",
-                            base + info))
+        text = f" {scale}" if self.showing_writeset else f" 1..100% {scale}"
+        # the colour scale gives way (narrower swatches, no "clean" label)
+        # before the text that says what is shown is cut
+        wide = 7 + 3 + 2 * LEVELS + len(text) <= self.size.width
+        swatch = "  " if wide else " "
+        segs = [Segment(" clean " if wide else " ", base + info),
+                Segment(swatch, self.palette[0]), Segment(" ", base)]
+        for k in range(1, LEVELS + 1):
+            segs.append(Segment(swatch, self.palette[k]))
+        segs.append(Segment(text, base + info))
         if self.show_marks:
             segs.append(Segment("  ·zero =dup ≡both", base + info))
         else:
