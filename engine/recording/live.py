@@ -689,6 +689,11 @@ class LiveRecorder(_LiveSchedule):
 
     Ends after ``duration``, when the guest powers off, or on :meth:`stop`
     (QEMU is then quit). The console is ours: :meth:`send_console` types to it.
+
+    How the guest starts is in four hooks (:meth:`_new_manifest`,
+    :meth:`_guest_files`, :meth:`_stored_spec`, :meth:`_start_guest`), so a
+    guest started another way is recorded by the same code:
+    :class:`engine.golive.GoLiveRecorder` starts it from a checkpoint.
     """
 
     console_note = None
@@ -717,27 +722,49 @@ class LiveRecorder(_LiveSchedule):
             raise RecordingError("the guest is not running; there is no console to type into")
         await self.vm.console.send(data)
 
+    # -- how the guest starts (hooks) ----------------------------------------
+
+    def _new_manifest(self, qemu_version_text: str) -> Manifest:
+        """The new recording's manifest (its ``spec`` is filled in later)."""
+        return Manifest(kind="live", spec={}, qemu_version=qemu_version_text,
+                        interval_s=self.interval, created=time.time(), guest=dict(self.guest_info))
+
+    def _guest_files(self) -> dict[str, Path]:
+        """Files copied into the recording, by role (``kernel``, ``initrd``, ...)."""
+        return {role: Path(getattr(self.spec, role))
+                for role in ("kernel", "initrd") if getattr(self.spec, role)}
+
+    def _stored_spec(self, files: Mapping[str, str]) -> MachineSpec:
+        """The machine as the manifest keeps it (guest files relative to the recording)."""
+        return self.spec.replace(kernel=files.get("kernel"), initrd=files.get("initrd"),
+                                 debugcon_path="debugcon.out", rr=None, rrfile=None,
+                                 icount_shift=None, vmstate_image=None, paused=False,
+                                 no_reboot=True)
+
+    def _launch_spec(self, rec: Recording) -> MachineSpec:
+        """The machine QEMU is launched with."""
+        return rec.machine_spec()
+
+    async def _start_guest(self, vm: QemuProcess) -> None:
+        """Called once QEMU is up, before the first checkpoint: the guest boots by itself."""
+
+    # -- the run ---------------------------------------------------------------
+
     async def run(self) -> RecordSummary:
         self._started()
         binary = find_qemu(self.qemu_binary)
         vtext = ".".join(map(str, qemu_version(binary)))
-        manifest = Manifest(kind="live", spec={}, qemu_version=vtext, interval_s=self.interval,
-                            created=time.time(), guest=dict(self.guest_info))
+        manifest = self._new_manifest(vtext)
         rec = Recording.create(self.path, manifest)
         try:
-            files = {role: rec.add_guest_file(role, Path(getattr(self.spec, role)))
-                     for role in ("kernel", "initrd") if getattr(self.spec, role)}
+            files = {role: rec.add_guest_file(role, src) for role, src in self._guest_files().items()}
         except BaseException:
             shutil.rmtree(rec.path, ignore_errors=True)
             raise
-        stored = self.spec.replace(kernel=files.get("kernel"), initrd=files.get("initrd"),
-                                   debugcon_path="debugcon.out", rr=None, rrfile=None,
-                                   icount_shift=None, vmstate_image=None, paused=False,
-                                   no_reboot=True)
-        manifest.spec = stored.to_dict()
+        manifest.spec = self._stored_spec(files).to_dict()
         rec.save_manifest()
         self.rec = rec
-        run_spec = rec.machine_spec()
+        run_spec = self._launch_spec(rec)
         t0 = time.monotonic() - (time.time() - manifest.created)
         work = Path(tempfile.mkdtemp(prefix="sbtui-live-"))
         cp: LiveCheckpointer | None = None
@@ -747,6 +774,7 @@ class LiveRecorder(_LiveSchedule):
                              console_path=rec.console_path, qemu_binary=binary,
                              launch_timeout=self.launch_timeout)
             async with vm:
+                await self._start_guest(vm)
                 self.vm = vm
                 self.on_event(RecordingStarted(rec.path, tuple(vm.argv)))
                 cp = LiveCheckpointer(vm, rec, t0=t0, on_event=self.on_event)
@@ -755,6 +783,10 @@ class LiveRecorder(_LiveSchedule):
                 exited = asyncio.create_task(vm.wait_exit(1e9))
                 try:
                     why = await self._schedule(exited)
+                except QemuDiedError:
+                    if vm.alive:
+                        raise
+                    why = "exited"   # the guest powered off during a checkpoint: that one is lost
                 finally:
                     exited.cancel()
                     with contextlib.suppress(BaseException):
