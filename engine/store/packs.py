@@ -376,7 +376,7 @@ class PackWriter:
 
     FLUSH_AT = 4 << 20
     MAX_QUEUED = 4
-    SYNC_EVERY = 16 << 20   # background writes ask the disk to catch up this often
+    SYNC_EVERY = 8 << 20   # background writes ask the disk to catch up this often
     # Random data comes in stretches, and lz4 takes about as long to find that
     # a page does not shrink as to compress one that does: after RAW_STREAK
     # pages in a row that did not shrink, only every RAW_PROBE-th page is
