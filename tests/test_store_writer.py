@@ -184,3 +184,27 @@ def test_a_failing_background_fdatasync_rolls_the_import_back(tmp_path, monkeypa
         s.export_stream(info.id, out)
         assert out.getvalue() == second
         assert s.fsck().ok
+
+
+def test_diff_takes_dirty_stretches_whole_and_still_finds_every_equal_entry():
+    from engine.store.pagemap import ENTRY, PageMap, diff
+    rng = random.Random(6)
+    n = 5000
+    old = bytearray(rng.randbytes(ENTRY * n))
+    new = bytearray(old)
+    for start in range(0, n, 700):                 # dirty stretches, unaligned to any chunk
+        for k in range(start + 13, min(start + 13 + rng.randrange(1, 600), n)):
+            new[k * ENTRY:(k + 1) * ENTRY] = rng.randbytes(ENTRY)
+    for k in (20, 21, 300, 1413):                  # equal entries inside a stretch
+        new[k * ENTRY:(k + 1) * ENTRY] = old[k * ENTRY:(k + 1) * ENTRY]
+    for k in (40, 2130):
+        # two entries that both differ, yet their XOR has 16 zero bytes across the
+        # boundary between them (the second half of one, the first half of the next)
+        new[k * ENTRY:(k + 2) * ENTRY] = (rng.randbytes(8) + old[k * ENTRY + 8:(k + 1) * ENTRY]
+                                          + old[(k + 1) * ENTRY:(k + 1) * ENTRY + 8]
+                                          + rng.randbytes(8))
+    d = diff(PageMap({"ram": old}), PageMap({"ram": new}))["ram"]
+    changed = [k for k in range(n) if new[k * ENTRY:(k + 1) * ENTRY] != old[k * ENTRY:(k + 1) * ENTRY]]
+    assert {40, 41, 2130, 2131} <= set(changed) and 20 not in changed
+    assert list(d.indices) == changed
+    assert d.entries == b"".join(new[k * ENTRY:(k + 1) * ENTRY] for k in changed)
