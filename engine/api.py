@@ -12,6 +12,7 @@ Object graph::
      +-- recording: RecordingView   read-only, may grow while a guest is recorded
      +-- live: LiveControl | None   only for a guest that is running now
      +-- start_replay(...) -> Debugger   a replay of one interval, under gdb
+     +-- go_live(...) -> Session        a new VM from a checkpoint, recorded live
 
 Threading contract (the app never blocks its event loop):
 
@@ -21,7 +22,7 @@ Threading contract (the app never blocks its event loop):
 * **sync, blocking** - called from thread workers only: everything that reads
   files, hashes, talks to gdb (pygdbmi is blocking) or waits for a process:
   ``checkpoints()``, ``dirty_pages()``, ``page_marks()``, ``console_text()``,
-  ``Session.start_replay()`` and every ``Debugger`` method.
+  ``Session.start_replay()``, ``Session.go_live()`` and every ``Debugger`` method.
   Implementations must tolerate calls from any thread, but the app serializes
   the calls it makes on one ``Debugger`` (one replay worker at a time).
 * **async** - awaited from async workers on the UI loop: every ``LiveControl``
@@ -367,11 +368,6 @@ class LiveControl(Protocol):
         Returns its row (also announced through ``subscribe``)."""
         ...
 
-    async def go_live(self, checkpoint_id: str) -> None:
-        """Restore the guest to a checkpoint and record on from there (a new
-        branch of the recording)."""
-        ...
-
     async def send_console(self, text: str) -> None:
         """Type ``text`` into the guest's serial console. An implementation whose
         console belongs to someone else (``sbtui attach``) raises ``UsageError``
@@ -569,6 +565,11 @@ class Session(Protocol):
         """Live control, or ``None`` for a saved recording."""
         ...
 
+    @property
+    def path(self) -> str:
+        """Where the recording is (a directory; the fake gives a made-up path). Sync, cheap."""
+        ...
+
     def start_replay(self, checkpoint_id: str, progress: ProgressCallback | None = None) -> Debugger:
         """Restore ``checkpoint_id`` into a replaying QEMU under gdb and stop at
         its first instruction. Sync, blocking (seconds): call from a thread
@@ -576,9 +577,25 @@ class Session(Protocol):
         when a process fails (they carry the log tail)."""
         ...
 
+    def go_live(self, checkpoint_id: str, progress: ProgressCallback | None = None) -> "Session":
+        """Go live: start a normal (not replaying) VM from ``checkpoint_id``,
+        recorded as a new live recording next to this one, and return that
+        recording as a new session whose ``live`` controls the VM (pause,
+        resume, checkpoint now, console) and whose ``path`` says where it is
+        recorded. Works in any session, saved or live, and on the returned one
+        too (it chains). The new session is the caller's to close (that stops
+        its VM); closing this session closes it too. Sync, blocking (seconds:
+        QEMU starts and the checkpoint's state loads): call from a thread
+        worker; ``progress`` is called from other threads. ``NotFoundError``
+        for an unknown id, ``UsageError`` when the checkpoint cannot be
+        started (a checkpoint of ``sbtui attach``: the message says why),
+        ``QemuError`` when QEMU fails."""
+        ...
+
     def close(self) -> None:
         """Stop every process this session started (replays, gdb, a recorded
-        guest) and release files. Sync, blocking, idempotent, never raises."""
+        guest, go-live VMs) and release files. Sync, blocking, idempotent,
+        never raises."""
         ...
 
 

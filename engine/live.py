@@ -12,7 +12,9 @@ session's ``live`` is a :class:`RecorderControl`. Three recorders fit:
   guest we start, background-snapshot checkpoints, the console is ours);
 * :class:`engine.recording.live.LiveAttach` (``sbtui attach``: a QEMU the
   user started; its console is not ours, and closing detaches, leaving that
-  QEMU running).
+  QEMU running);
+* :class:`engine.golive.GoLiveRecorder` (going live from a checkpoint,
+  ``Session.go_live``: a LiveRecorder whose guest starts from the checkpoint).
 
 Promises:
 
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 from engine import api
-from engine.errors import RecordingError, UsageError
+from engine.errors import RecordingError
 from engine.recording.format import Recording
 from engine.session import DiskRecordingView, RecordingSession
 
@@ -109,23 +111,15 @@ class RecorderControl:
             downtime_ms=entry.downtime_ms, pages_dirty=0, pages_new=0, stored_bytes=0,
             dup_intra=0, dup_inter=0, zero_pages=0)
 
-    async def go_live(self, checkpoint_id: str) -> None:
-        from engine.recording.live import LiveRecorder
-        if self.attached:
-            raise UsageError("sbtui attach never changes the state of the QEMU you started, so it "
-                             "cannot go live from a checkpoint; load the checkpoint into a new "
-                             "QEMU started like yours with '-incoming defer' instead")
-        if isinstance(self.recorder, LiveRecorder):
-            raise UsageError("going live from a checkpoint while 'sbtui record --live' runs is not "
-                             "supported; quit (q) and start the checkpoint as a new VM: "
-                             "sbtui golive REC --from K")
-        raise RecordingError("going live from a checkpoint of a recording in progress is not "
-                             "supported; open the finished recording and go live from there")
-
     @property
     def stopping_text(self) -> str:
         """What ending this session does, for the screen shown meanwhile."""
+        from engine.golive import GoLiveRecorder
         from engine.recording.live import LiveRecorder
+        if isinstance(self.recorder, GoLiveRecorder):
+            return (f"stopping the go-live VM (from checkpoint #{self.recorder.checkpoint.index}): "
+                    "the checkpoint in progress is stored, then QEMU quits; its recording "
+                    f"stays at {self.recorder.path}")
         if self.attached:
             return ("detaching: the checkpoint in progress is finished, QEMU's migration "
                     "settings are put back; the guest keeps running")
@@ -168,8 +162,12 @@ class LiveRecordingSession(RecordingSession):
         self._on_finish = on_finish or (lambda _m: None)
         self.summary: Any = None
         self.error: BaseException | None = None
+        self._closing = False
 
     def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
         super().close()
         control: RecorderControl = self.live
         try:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine import api
-from engine.errors import NotFoundError
+from engine.errors import NotFoundError, RecordingError
 from engine.recording.format import CHECKPOINTS, CONSOLE, MANIFEST, MARKERS, Recording
 
 MAIN_RAM = "pc.ram"
@@ -265,7 +265,15 @@ class DiskRecordingView:
 
 
 class RecordingSession:
-    """``api.Session`` for a recording on disk (saved, or being recorded)."""
+    """``api.Session`` for a recording on disk (saved, or being recorded).
+
+    :meth:`go_live` starts a go-live VM (:class:`engine.golive.GoLiveRecorder`
+    under :func:`engine.live.start_live_session`) and keeps the returned
+    session, so :meth:`close` stops it, and one still starting, too.
+    """
+
+    GOLIVE_START_TIMEOUT = 300.0    # QEMU's start and the state's load, on a busy machine
+    GOLIVE_CLOSE_WAIT = 120.0       # how long close() waits for a go-live still starting
 
     def __init__(self, rec: Recording, *, name: str | None = None, live=None):
         self.rec = rec
@@ -273,6 +281,10 @@ class RecordingSession:
         self._view = DiskRecordingView(rec)
         self._live = live
         self._debuggers: list = []
+        self._golive_cond = threading.Condition()
+        self._golive_starting: list = []     # GoLiveRecorders whose session does not exist yet
+        self._golive: list = []              # go-live sessions started here
+        self._closed = False
 
     @property
     def name(self) -> str:
@@ -286,6 +298,10 @@ class RecordingSession:
     def live(self):
         return self._live
 
+    @property
+    def path(self) -> str:
+        return str(self.rec.path)
+
     def start_replay(self, checkpoint_id: str, progress: api.ProgressCallback | None = None):
         from engine.debugger import ReplayDebugger  # gdb and QEMU: only when asked
         self._view._store_id(checkpoint_id)
@@ -293,7 +309,63 @@ class RecordingSession:
         self._debuggers.append(dbg)
         return dbg
 
+    def go_live(self, checkpoint_id: str, progress: api.ProgressCallback | None = None, *,
+                path: str | Path | None = None, interval: float = 2.0):
+        """``api.Session.go_live``: the new run recorded at ``path`` (default
+        ``<REC>-golive-<K>-<YYYYmmdd-HHMMSS>`` next to this recording)."""
+        from engine.golive import GoLiveRecorder, default_golive_path
+        from engine.live import start_live_session
+        sid = self._view._store_id(checkpoint_id)
+        # A Recording of its own: its store is read on the go-live VM's thread.
+        source = Recording.open(self.rec.path)
+        try:
+            entry = next(c for c in source.checkpoints() if c.store_id == sid)
+            say = None
+            if progress is not None:
+                def say(phase: str, fraction: float) -> None:
+                    progress(api.ReplayProgress(phase, fraction))
+            recorder = GoLiveRecorder(source, entry, path or default_golive_path(source, entry),
+                                      interval=interval, progress=say, close_source=True)
+        except BaseException:
+            source.close()
+            raise
+        with self._golive_cond:
+            if self._closed:
+                source.close()
+                raise RecordingError(f"{self.rec.path}: the session is closing; not going live")
+            self._golive_starting.append(recorder)
+        try:
+            session = start_live_session(recorder, name=recorder.path.name,
+                                         start_timeout=self.GOLIVE_START_TIMEOUT)
+        finally:
+            with self._golive_cond:
+                self._golive_starting.remove(recorder)
+                self._golive_cond.notify_all()
+        with self._golive_cond:
+            closed = self._closed
+            if not closed:
+                self._golive.append(session)
+        if closed:
+            session.close()
+            raise RecordingError(f"{self.rec.path}: the session closed while checkpoint "
+                                 f"#{entry.index} was going live; that VM is stopped")
+        return session
+
+    def _close_golive(self) -> None:
+        with self._golive_cond:
+            self._closed = True
+            for recorder in self._golive_starting:
+                recorder.stop()      # it stops once its guest is up; its session closes then
+            self._golive_cond.wait_for(lambda: not self._golive_starting, self.GOLIVE_CLOSE_WAIT)
+            sessions, self._golive = self._golive, []
+        for session in sessions:
+            try:
+                session.close()
+            except Exception:  # close never raises: keep stopping the rest
+                pass
+
     def close(self) -> None:
+        self._close_golive()
         for dbg in self._debuggers:
             try:
                 dbg.close()

@@ -16,6 +16,8 @@ appends a checkpoint every ``live_interval`` seconds while "running";
 ``close()`` stops it. ``latency`` makes replay operations sleep (in the
 calling thread worker) so progress can be seen; tests keep it at 0.
 ``fail_replay`` makes ``start_replay`` raise, to exercise error paths.
+``go_live`` returns a new live fake session (kept in ``golive_sessions``,
+closed with this one); ``fail_golive`` makes it raise.
 The recording also implements :class:`engine.api.AnalysisView`
 (``sbtui/fake_analysis.py``): ``analyses`` are stored as if run before,
 ``fail_intervals`` fail in every simulation, and ``latency`` paces
@@ -1067,11 +1069,6 @@ class FakeLiveControl:
     async def checkpoint_now(self) -> CheckpointRow:
         return await asyncio.to_thread(self._rec.grow)
 
-    async def go_live(self, checkpoint_id: str) -> None:
-        index = self._rec._index(checkpoint_id)
-        self._rec.append_console(f"sbtui: restored checkpoint #{index}, recording a new branch\n")
-        await self.resume()
-
     async def send_console(self, text: str) -> None:
         self.sent.append(text)
         self._rec.append_console(f"# {text.rstrip()}\n")
@@ -1089,7 +1086,8 @@ class FakeSession:
     def __init__(self, checkpoints: int = 600, *, ram_pages: int = 1 << 20, seed: int = 1,
                  live: bool = False, live_interval: float = 0.5, latency: float = 0.0,
                  fail_replay: bool = False, name: str = "fake",
-                 fail_intervals: tuple[int, ...] = (), analyses: tuple[str, ...] = ()):
+                 fail_intervals: tuple[int, ...] = (), analyses: tuple[str, ...] = (),
+                 fail_golive: bool = False):
         self._name = name
         self._recording = FakeRecording(checkpoints, ram_pages, seed, latency=latency,
                                         fail_intervals=fail_intervals, analyses=analyses)
@@ -1097,6 +1095,11 @@ class FakeSession:
         self._fail_replay = fail_replay
         self._live = FakeLiveControl(self._recording, live_interval) if live else None
         self._debuggers: list[FakeDebugger] = []
+        self._seed = seed
+        self._ram_pages = ram_pages
+        self._live_interval = live_interval
+        self.fail_golive = fail_golive
+        self.golive_sessions: list[FakeSession] = []   # every session go_live returned
         self.closed = False
 
     @property
@@ -1110,6 +1113,30 @@ class FakeSession:
     @property
     def live(self) -> FakeLiveControl | None:
         return self._live
+
+    @property
+    def path(self) -> str:
+        return f"/fake/{self._name}"
+
+    def go_live(self, checkpoint_id: str, progress: ProgressCallback | None = None) -> "FakeSession":
+        """A new live fake session "started from" the checkpoint: one checkpoint,
+        growing every ``live_interval``; its console says where it came from.
+        ``fail_golive`` raises instead (after the progress), like a QEMU that failed."""
+        index = self._recording._index(checkpoint_id)
+        steps = 10
+        for k in range(steps + 1):
+            if progress:
+                progress(ReplayProgress(f"loading checkpoint #{index}", k / steps))
+            if self._latency and k < steps:
+                time.sleep(self._latency / steps)
+        if self.fail_golive:
+            raise UsageError(f"checkpoint #{index} cannot go live (fake failure for testing)")
+        child = FakeSession(1, ram_pages=self._ram_pages, seed=self._seed + index + 1, live=True,
+                            live_interval=self._live_interval, latency=self._latency,
+                            name=f"{self._name}-golive-{index}")
+        child.recording.append_console(f"sbtui: went live from checkpoint #{index} of {self._name}\n")
+        self.golive_sessions.append(child)
+        return child
 
     def start_replay(self, checkpoint_id: str, progress: ProgressCallback | None = None) -> FakeDebugger:
         index = self._recording._index(checkpoint_id)
@@ -1130,6 +1157,8 @@ class FakeSession:
         return dbg
 
     def close(self) -> None:
+        for child in self.golive_sessions:
+            child.close()
         for dbg in self._debuggers:
             dbg.close()
         if self._live:

@@ -7,7 +7,8 @@ heatmap in their place; below ``TALL`` rows the console shrinks so the table
 keeps at least five rows (breakpoint classes on the screen, the CSS in
 ``sbtui.tcss`` does the rest). Reading the
 recording and dirty pages happens in thread workers; live control (pause,
-resume, checkpoint now, go live, console input) in async workers. Engine
+resume, checkpoint now, console input) in async workers; going live in
+sbtui/screens/golive.py. Engine
 callbacks for a live recording only post payload-free messages that collapse
 in the queue; handlers then read what is new from the recording view.
 """
@@ -59,7 +60,7 @@ class SessionScreen(SessionAnalysis, SbtuiScreen):   # analyses: see session_ana
         Binding("L", "go_live", "Go live", id="vm.go_live"),
         Binding("i", "console_input", "Type to console", id="vm.console_input"),
     ]
-    LIVE_ACTIONS = {"pause_resume", "checkpoint_now", "go_live", "console_input"}
+    LIVE_ACTIONS = {"pause_resume", "checkpoint_now", "console_input"}
 
     def __init__(self, session: Session) -> None:
         super().__init__()
@@ -253,6 +254,8 @@ class SessionScreen(SessionAnalysis, SbtuiScreen):   # analyses: see session_ana
             return False
         if action == "console_input" and getattr(self.session.live, "console_note", None):
             return False    # the console is not ours (sbtui attach)
+        if action == "go_live" and getattr(self.session.live, "attached", False):
+            return False    # sbtui attach: the machine is the user's, unknown to sbtui
         if action == "toggle_heatmap" and not self.narrow:
             return False    # side by side already: nothing to toggle
         if action == "quit" and isinstance(self.focused, ConsoleInput):
@@ -309,9 +312,11 @@ class SessionScreen(SessionAnalysis, SbtuiScreen):   # analyses: see session_ana
             self.vm_call("vm: checkpoint now", self.session.live.checkpoint_now)
 
     def action_go_live(self) -> None:
-        if self.session.live and self.rows:
-            row = self.rows[self.selected]
-            self.vm_call(f"vm: go live from #{row.index}", lambda: self.session.live.go_live(row.id))
+        """A new VM from the selected checkpoint, recorded live, on its own screen
+        (sbtui/screens/golive.py); Esc there stops it and comes back here."""
+        if self.rows:
+            from sbtui.screens.golive import go_live
+            go_live(self, self.rows[self.selected])
 
     @on(GuestConsole.InputSubmitted)
     def _console_input(self, event: GuestConsole.InputSubmitted) -> None:
@@ -341,6 +346,9 @@ class SessionScreen(SessionAnalysis, SbtuiScreen):   # analyses: see session_ana
             PaletteCommand("timeline: dirty pages / stored bytes", "switch what the strip shows",
                            self.action_toggle_metric),
         ]
+        if self.check_action("go_live", ()):
+            cmds.append(PaletteCommand("checkpoint: go live from the selected checkpoint",
+                                       "start it as a new VM, recorded live", self.action_go_live))
         if self.narrow:
             cmds.append(PaletteCommand("heatmap: show / hide", "in place of the table and console "
                                        "(narrow terminal)", self.action_toggle_heatmap))
@@ -360,7 +368,5 @@ class SessionScreen(SessionAnalysis, SbtuiScreen):   # analyses: see session_ana
                 PaletteCommand("vm: checkpoint now", "end the interval now", self.action_checkpoint_now),
                 PaletteCommand("vm: type to the console", "focus the console input (Esc leaves it)",
                                self.action_console_input),
-                PaletteCommand("vm: go live from the selected checkpoint",
-                               "restore it and record a new branch", self.action_go_live),
             ]
         return cmds
