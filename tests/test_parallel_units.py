@@ -244,3 +244,45 @@ def test_a_last_interval_whose_log_ends_at_its_checkpoint_counts_as_the_end(monk
     exit_code["value"] = 1                          # any other exit is the job's failure
     result = run_job(job, guest={digest: kernel}, base=tmp_path)
     assert "exited" in result.error and result.exit_code is None
+
+
+def stderr_writing_job(rec_path: str, index: int, analysis: str, params: dict, offsets: dict) -> bytes:
+    """A worker function that writes to file descriptor 2, as a traceback or a QEMU would."""
+    import os
+    os.write(2, f"worker stderr of interval {index}\n".encode())
+    return JobResult(index, analysis, f"pid {os.getpid()}", output={"ok": 1}).encode()
+
+
+def test_workers_of_a_host_that_captures_stderr_write_it_to_a_log_not_the_terminal(
+        tmp_path, monkeypatch, capfd):
+    """In the Textual app, descriptor 2 is the terminal the app draws on and
+    sys.stderr is a capture whose fileno() is -1: what workers print must not
+    land on the screen."""
+    import io
+
+    from engine.parallel.local import LocalScheduler
+    from engine.parallel.simulate import PlannedInterval
+
+    class Captured(io.StringIO):
+        def fileno(self) -> int:
+            return -1
+
+    monkeypatch.setenv("SBTUI_CACHE", str(tmp_path / "cache"))
+    plan = [PlannedInterval(i, i * 10, i * 10 + 10, 10, 0, 1.0) for i in range(2)]
+    events = []
+    scheduler = LocalScheduler(1, job_fn=stderr_writing_job)
+    monkeypatch.setattr("sys.stderr", Captured())
+    scheduler.run(_Rec(tmp_path), plan, "verify", {}, {}, events.append)
+    monkeypatch.undo()
+    assert sorted(e.index for e in events if e.kind == "finished") == [0, 1]
+    assert "worker stderr" not in capfd.readouterr().err
+    log = Path(scheduler.worker_log)
+    assert log.parent == tmp_path / "cache" / "logs"
+    assert log.read_text().count("worker stderr of interval") == 2
+
+    # a host with a real stderr keeps it: the workers' output goes there
+    events.clear()
+    plain = LocalScheduler(1, job_fn=stderr_writing_job)
+    plain.run(_Rec(tmp_path), plan[:1], "verify", {}, {}, events.append)
+    assert plain.worker_log is None
+    assert "worker stderr of interval 0" in capfd.readouterr().err

@@ -23,6 +23,9 @@ Promises:
   then SIGKILL if they linger.
 * It works in a host whose ``sys.stderr`` is no file (the Textual app
   captures it, and its ``fileno()`` is -1): see :func:`_ensure_resource_tracker`.
+  The workers of such a host write their stderr (and their QEMUs') to a log
+  file in the cache (:attr:`LocalScheduler.worker_log`) instead of file
+  descriptor 2, which is the terminal the app draws on.
 """
 
 from __future__ import annotations
@@ -60,8 +63,12 @@ def _local_job(rec_path: str, index: int, analysis: str, params: dict[str, Any],
         rec.close()
 
 
-def _slot_main(conn, job_fn) -> None:
+def _slot_main(conn, job_fn, stderr_path: str | None = None) -> None:
     """A worker process: run the jobs its scheduler sends until told to stop."""
+    if stderr_path is not None:
+        fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
     while True:
         try:
             msg = conn.recv()
@@ -95,6 +102,15 @@ class _StderrWithoutFd:
 _TRACKER_LOCK = threading.Lock()
 
 
+def _host_stderr_captured() -> bool:
+    """True when ``sys.stderr`` answers -1 for its file descriptor: the host
+    (the Textual app) captures it, and descriptor 2 is its terminal."""
+    try:
+        return sys.stderr is not None and sys.stderr.fileno() < 0
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def _ensure_resource_tracker() -> None:
     """Start multiprocessing's resource tracker so that spawning works.
 
@@ -122,9 +138,9 @@ def _ensure_resource_tracker() -> None:
 class _Slot:
     """One worker process and the interval it runs."""
 
-    def __init__(self, ctx, job_fn):
+    def __init__(self, ctx, job_fn, stderr_path: str | None = None):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_slot_main, args=(child, job_fn), daemon=True,
+        self.proc = ctx.Process(target=_slot_main, args=(child, job_fn, stderr_path), daemon=True,
                                 name="sbtui-local-worker")
         self.proc.start()
         child.close()
@@ -158,10 +174,16 @@ class LocalScheduler:
         self.retries = retries
         self.name = f"local:{jobs}"
         self._job_fn = job_fn or _local_job
+        self.worker_log: str | None = None     # set by run() when the host captures stderr
 
     def run(self, rec: Recording, plan: list[PlannedInterval], analysis: str,
             params: dict[str, Any], offsets: dict[int, int], events: EventSink) -> None:
         _ensure_resource_tracker()
+        if _host_stderr_captured() and self.worker_log is None:
+            from engine.paths import cache_dir
+            logs = cache_dir() / "logs"
+            logs.mkdir(exist_ok=True)
+            self.worker_log = str(logs / f"local-workers-{os.getpid()}.log")
         ctx = multiprocessing.get_context("spawn")
         path = str(Path(rec.path).resolve())
         pending = deque(p.index for p in plan)
@@ -174,7 +196,7 @@ class LocalScheduler:
                     if not pending:
                         return
                     if i == len(slots):
-                        slots.append(_Slot(ctx, self._job_fn))
+                        slots.append(_Slot(ctx, self._job_fn, self.worker_log))
                     slot = slots[i]
                     if slot.index is None:
                         index = pending.popleft()
@@ -201,7 +223,7 @@ class LocalScheduler:
                         # The process died under this interval (and only this one).
                         code = slot.proc.exitcode
                         slot.stop(1)
-                        slots[n] = _Slot(ctx, self._job_fn)
+                        slots[n] = _Slot(ctx, self._job_fn, self.worker_log)
                         self._again(index, tries, pending, events,
                                     f"its worker process died (exit code {code})")
                         continue
