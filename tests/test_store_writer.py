@@ -208,3 +208,23 @@ def test_diff_takes_dirty_stretches_whole_and_still_finds_every_equal_entry():
     assert {40, 41, 2130, 2131} <= set(changed) and 20 not in changed
     assert list(d.indices) == changed
     assert d.entries == b"".join(new[k * ENTRY:(k + 1) * ENTRY] for k in changed)
+
+
+def test_bucket_starts_and_adjacent_duplicates_match_their_plain_definitions():
+    from array import array
+    from bisect import bisect_left
+    rng = random.Random(8)
+    for count, bits in ((0, 0), (5, 0), (1000, 7), (20_000, 11)):
+        prefixes = array("I", sorted(rng.getrandbits(32) for _ in range(count)))
+        if count > 100:                      # a crowded bucket, longer than the window
+            prefixes = array("I", sorted(list(prefixes) + [prefixes[50]] * 300))
+        shift = 32 - bits
+        assert idx._bucket_starts(prefixes, shift, 1 << bits) == \
+            [bisect_left(prefixes, k << shift) for k in range(1 << bits)]
+    hashes = sorted(rng.randbytes(16) for _ in range(3000))
+    assert not idx._adjacent_equal(b"".join(hashes))
+    assert idx._adjacent_equal(b"".join(sorted(hashes + [hashes[1234]])))
+    # three different hashes whose XORs with their neighbours meet in 16 zero bytes
+    # across a hash boundary: the exact check must say no
+    near = [bytes(8) + bytes([5]) * 8, bytes([1]) * 8 + bytes([5]) * 8, bytes([1]) * 8 + bytes([9]) * 8]
+    assert not idx._adjacent_equal(b"".join(near))

@@ -133,6 +133,21 @@ def _deinterleave(recs: bytes) -> tuple[bytearray, bytearray]:
     return hashes, entries
 
 
+def _adjacent_equal(hashes: bytes | bytearray) -> bool:
+    """Does the sorted run of 16-byte ``hashes`` hold one hash twice (side by side)?
+
+    The run XOR itself shifted by one hash shows an aligned run of 16 zero
+    bytes exactly there: C work over the whole run, no step per hash. (An
+    unaligned run of zeros only sends it to the exact check.)
+    """
+    if len(hashes) <= 16:
+        return False
+    x = int.from_bytes(hashes[16:], "little") ^ int.from_bytes(hashes[:-16], "little")
+    if bytes(16) not in x.to_bytes(len(hashes) - 16, "little"):
+        return False
+    return any(hashes[i:i + 16] == hashes[i + 16:i + 32] for i in range(0, len(hashes) - 16, 16))
+
+
 def _newest_wins(parts: list[bytes]) -> list[bytes]:
     """Sorted records of ``parts`` (newest first) with one record per hash, the newest."""
     table: dict[bytes, bytes] = {}
@@ -146,6 +161,27 @@ def encode_segment(hashes: list[bytes], entries: list[bytes],
                    pack_lengths: dict[int, int]) -> bytes:
     """Serialise a segment; ``hashes`` sorted, ``entries`` packed ENTRY structs."""
     return encode_segment_blobs(b"".join(hashes), b"".join(entries), pack_lengths)
+
+
+def _bucket_starts(prefixes: array, shift: int, buckets: int) -> list[int]:
+    """Per bucket ``k``, the first of the sorted ``prefixes`` that is ``>= k << shift``.
+
+    A bucket holds about eight hashes, so each search looks a little past
+    where the last one ended first, and the whole rest only when the bucket
+    is larger than that.
+    """
+    out = []
+    lo = 0
+    count = len(prefixes)
+    for k in range(buckets):
+        target = k << shift
+        hi = lo + 64
+        if hi >= count or prefixes[hi - 1] >= target:
+            lo = bisect_left(prefixes, target, lo, min(hi, count))
+        else:
+            lo = bisect_left(prefixes, target, hi, count)
+        out.append(lo)
+    return out
 
 
 def encode_segment_blobs(hashes: bytes | bytearray, entries: bytes | bytearray,
@@ -166,7 +202,7 @@ def encode_segment_blobs(hashes: bytes | bytearray, entries: bytes | bytearray,
     prefixes.frombytes(bytes(gathered))
     if _LITTLE:
         prefixes.byteswap()
-    buckets = [bisect_left(prefixes, k << shift) for k in range(1 << bits)] + [count]
+    buckets = _bucket_starts(prefixes, shift, 1 << bits) + [count]
     out = bytearray(IDX_HEADER.pack(IDX_MAGIC, IDX_VERSION, bits, count, len(pack_lengths), 0))
     out += struct.pack(f"<{len(buckets)}I", *buckets)
     out += hashes
@@ -556,14 +592,14 @@ class Index:
             blob = b"".join(parts)
             recs = [blob[i:i + _REC] for i in range(0, len(blob), _REC)]
             recs.sort()
-            keys = [r[:16] for r in recs]
-            if len(set(keys)) != len(keys):
+            h, e = _deinterleave(b"".join(recs))
+            if _adjacent_equal(h):
                 recs = _newest_wins(parts)
+                h, e = _deinterleave(b"".join(recs))
             for r in (recs[0], recs[-1]):
                 if bits and int.from_bytes(r[:4], "big") >> (32 - bits) != chunk:
                     raise IntegrityError(f"index segments {segs[0].path.name}..: a hash outside "
                                          f"its fanout bucket", offset=0)
-            h, e = _deinterleave(b"".join(recs))
             hashes += h
             entries += e
         for k, seg in enumerate(segs):
