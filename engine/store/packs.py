@@ -69,6 +69,7 @@ _decompress = lz4.block.decompress
 _pack_fixed = REC_FIXED.pack
 _pack_u32 = struct.Struct("<I").pack
 
+
 def _iov_max() -> int:
     try:
         n = os.sysconf("SC_IOV_MAX")
