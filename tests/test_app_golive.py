@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -174,10 +175,16 @@ async def test_real_recording_l_goes_live_and_escape_leaves_no_qemu(demo_recordi
             # the go-live VM is gone while the app runs on
             assert not qemu_processes(tag), "the go-live QEMU outlived its screen"
             assert app.is_running and isinstance(app.screen, SessionScreen)
-            await pilot.press("q")
+            # quitting the app while a go-live VM runs stops it (tagged_qemus checks)
+            await pilot.press("L")
+            await wait_for(pilot, lambda: isinstance(app.screen, GoLiveSessionScreen), timeout=180,
+                           what="the second go-live screen")
+            await pilot.press("ctrl+q")
+            await wait_for(pilot, lambda: not app.is_running, timeout=120, what="the app quits")
     # the new recording: next to the copy, named after it, saying where it came from
-    [made] = [p for p in tmp_path.iterdir() if p.name.startswith("memchurn-golive-0-")]
-    assert str(made) == new
+    made = Path(new)
+    assert made.parent == tmp_path and made.name.startswith("memchurn-golive-0-")
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("memchurn-golive-0-")]) == 2
     m = json.loads((made / "recording.json").read_text())
     assert m["kind"] == "live" and m["status"] in ("interrupted", "complete")
     assert m["source"]["golive"]["recording"] == str(source) and m["source"]["golive"]["checkpoint"] == 0

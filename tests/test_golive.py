@@ -24,6 +24,8 @@ from engine.qemu import MachineSpec
 from engine.recording.format import Recording
 from engine.recording.live import LiveRecorder
 from engine.golive import GoLiveRecorder
+from engine.recording.format import CheckpointEntry, Manifest
+from engine.session import RecordingSession
 from engine.stream.migration import describe
 from engine.stream.sections import copy_without
 from test_recording_support import sbtui_run, tagged_qemus
@@ -109,6 +111,13 @@ def test_golive_record_carries_on_records_and_chains(demo_recording, tmp_path):
     # the new recording opens on its own, and its checkpoints go live again (chains)
     rows = sbtui_run("checkpoints", str(new), "--json")
     assert rows.returncode == 0 and len(json.loads(rows.stdout)["checkpoints"]) == len(got)
+    opened = RecordingSession(Recording.open(new))      # what `sbtui open NEWREC` shows
+    try:
+        assert len(opened.recording.checkpoints()) == len(got) and opened.live is None
+        assert opened.recording.machine.ram_bytes == 128 << 20
+        assert "memchurn: done" in opened.recording.console_text()
+    finally:
+        opened.close()
     with tagged_qemus() as tag:
         again = sbtui_run("golive", str(new), "--from", "0", "--duration", "60", tag=tag, timeout=180)
     assert again.returncode == 0, again.stderr.decode()
@@ -193,4 +202,20 @@ def test_golive_record_refuses_an_existing_path_and_a_bad_checkpoint(demo_record
     assert out.returncode == 2 and b"exists" in out.stderr and str(taken).encode() in out.stderr
     out = sbtui_run("golive", str(demo_recording), "--from", "999", "--record", str(tmp_path / "new"))
     assert out.returncode == 2 and b"no checkpoint '999'" in out.stderr
+    assert not (tmp_path / "new").exists()
+    out = sbtui_run("golive", str(demo_recording), "--from", "1", "--interval", "1")
+    assert out.returncode == 2 and b"--interval needs --record" in out.stderr
+
+
+def test_golive_says_why_a_checkpoint_of_sbtui_attach_cannot_go_live(tmp_path):
+    # what sbtui attach writes: the machine is the user's, only its size is known
+    rec = Recording.create(tmp_path / "attached", Manifest(
+        kind="live", spec={"memory_mib": 64}, qemu_version="10.0.2", interval_s=1.0, created=0.0,
+        source={"qmp_socket": "/run/user/qmp.sock", "pid": 1234}))
+    rec.append_checkpoint(CheckpointEntry(index=0, store_id="0000", icount=0, wall_time=0.0,
+                                          guest_time_ns=0, downtime_ms=1.0, origin="live"))
+    for extra in ((), ("--record", str(tmp_path / "new"))):
+        out = sbtui_run("golive", str(rec.path), "--from", "0", *extra)
+        assert out.returncode == 2, out.stderr
+        assert b"sbtui attach" in out.stderr and b"-incoming defer" in out.stderr
     assert not (tmp_path / "new").exists()

@@ -783,10 +783,14 @@ class LiveRecorder(_LiveSchedule):
                 exited = asyncio.create_task(vm.wait_exit(1e9))
                 try:
                     why = await self._schedule(exited)
-                except QemuDiedError:
+                except QemuError:
+                    # The guest powered off during a checkpoint (QMP breaks off before
+                    # the process is reaped): that checkpoint is lost, the run is over.
+                    with contextlib.suppress(SbtuiError):
+                        await vm.wait_exit(5.0)
                     if vm.alive:
                         raise
-                    why = "exited"   # the guest powered off during a checkpoint: that one is lost
+                    why = "exited"
                 finally:
                     exited.cancel()
                     with contextlib.suppress(BaseException):
