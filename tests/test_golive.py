@@ -29,7 +29,7 @@ from engine.session import RecordingSession
 from engine.stream.migration import describe
 from engine.stream.sections import copy_without
 from test_recording_support import sbtui_run, tagged_qemus
-from tinyguest import READY, build_tinyguest
+from tinyguest import build_tinyguest
 
 pytestmark = pytest.mark.qemu
 
