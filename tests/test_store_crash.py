@@ -57,10 +57,12 @@ def _readline(proc: subprocess.Popen, timeout: float) -> str:
 
 def test_kill_9_mid_import_leaves_every_complete_checkpoint_intact(tmp_path):
     streams = _streams(tmp_path, 4, 2048)
-    # how long one import takes here, so the kills spread over an import's whole length
-    with Store.open(tmp_path / "timing", create=True) as s:
+    # how long one import takes here, so the kills spread over an import's whole length:
+    # a warm one (the child's victim never is its process's first) with the child's packs
+    with Store.open(tmp_path / "timing", create=True, pack_size=1 << 20) as s:
+        s.import_stream(io.BytesIO(streams["s0.mig"]), name="warm")
         t0 = time.monotonic()
-        s.import_stream(io.BytesIO(streams["s0.mig"]), name="t")
+        s.import_stream(io.BytesIO(streams["s1.mig"]), name="t")
         span = time.monotonic() - t0
     mid_import = 0
     for seed in range(6):
