@@ -92,6 +92,12 @@ class RecorderControl:
     def console_note(self) -> str | None:
         return getattr(self.recorder, "console_note", None)
 
+    @property
+    def proof_progress(self) -> tuple[int, int] | None:
+        """(intervals proven, intervals to prove) of a record-mode recording;
+        None for the live modes and when proofs are off. Any thread."""
+        return getattr(self.recorder, "proof_progress", None)
+
     async def _on_recorder(self, coro: Awaitable[T]) -> T:
         return await asyncio.wrap_future(self._loop.submit(coro))
 

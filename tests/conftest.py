@@ -37,10 +37,13 @@ def demo_recording(demo_guest, tmp_path_factory):
     path = tmp_path_factory.mktemp("demo-recording") / "memchurn"
     spec = MachineSpec(memory_mib=128, kernel=str(demo_guest.kernel),
                        initrd=str(demo_guest.initrd), append=demo_guest.append_for("memchurn"))
-    summary = asyncio.run(Recorder(path, spec, interval=2.0, duration=180.0,
-                                   guest_info={"workload": "memchurn",
-                                               "system_map_source": str(demo_guest.system_map)}
-                                   ).run())
+    recorder = Recorder(path, spec, interval=2.0, duration=180.0,
+                        guest_info={"workload": "memchurn",
+                                    "system_map_source": str(demo_guest.system_map)})
+    summary = asyncio.run(recorder.run())
     assert summary.status == "complete", summary
+    # every interval, the last one too, was proven (what the app's stopping screen counts)
+    assert recorder.proof_progress == (summary.checkpoints, summary.checkpoints), \
+        (recorder.proof_progress, summary)
     assert "system_map" in Recording.open(path).manifest.guest
     return path

@@ -211,6 +211,7 @@ class Recorder:
         self._stored_ids: dict[int, str] = {}
         self._log_marks: dict[int, int] = {}
         self._proved: set[int] = set()
+        self._proofs_finished = 0
         self._proof_queue: asyncio.Queue[int | None] | None = None
         self._proof_task: asyncio.Task | None = None
         self._ingest_task: asyncio.Task | None = None
@@ -729,6 +730,15 @@ class Recorder:
 
     # -- proofs -----------------------------------------------------------------
 
+    @property
+    def proof_progress(self) -> tuple[int, int] | None:
+        """(intervals proven so far, intervals there are to prove: one per
+        checkpoint, the last one to the end of the log), or None when this
+        recording is not proven. Read from any thread (two ints)."""
+        if self._prover is None or self.prove_mode == "off":
+            return None
+        return self._proofs_finished, len(self._entries)
+
     def _start_prover(self) -> None:
         if self._proof_task is None:
             self._proof_queue = asyncio.Queue()
@@ -779,6 +789,7 @@ class Recorder:
         after = {cp.index: cp for cp in rec.checkpoints()}.get(index)
         rebuilt = (before is not None and after is not None and after.origin == "rebuilt"
                    and after.store_id != before.store_id)
+        self._proofs_finished += 1
         self.on_event(ProofFinished(index, status, detail, rebuilt))
 
     async def _deprioritize_replays(self) -> None:
