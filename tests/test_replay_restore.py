@@ -2,7 +2,7 @@
 
 Proven here:
 
-* the VM-state image template (:mod:`engine.replay.vmstate`): threads and
+* the VM-state image template (:mod:`engine.qemu.vmstate`): threads and
   processes that need it at the same moment each get a whole, valid qcow2,
   identical to what ``qemu-img create`` makes; qemu-img runs once per process;
   a broken cached template is ignored and replaced;
@@ -38,7 +38,7 @@ from engine.gdb.process import GdbProcess
 from engine.qemu import find_qemu_img, gdb_tcp
 from engine.qemu.incoming import Prefetch
 from engine.recording.format import Recording
-from engine.replay import vmstate
+from engine.qemu import vmstate
 from engine.replay.session import WORKDIR_PREFIX, ReplaySession, remove_orphaned_workdirs
 from test_recording_support import tagged_qemus
 
@@ -100,7 +100,7 @@ def test_threads_needing_the_template_at_once_share_one_qemu_img_run(fresh_templ
 
 
 def test_processes_publishing_the_template_at_once_never_see_half_a_file(fresh_template, tmp_path):
-    script = ("import sys; from pathlib import Path; from engine.replay.vmstate import vmstate_image; "
+    script = ("import sys; from pathlib import Path; from engine.qemu.vmstate import vmstate_image; "
               "vmstate_image(Path(sys.argv[1]))")
     env = {**os.environ, "SBTUI_CACHE": str(fresh_template), "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"p-{i}.qcow2")],

@@ -32,7 +32,7 @@ How the restore is kept quick (``timings`` holds each phase's seconds, also
 logged at DEBUG level): the QEMU version check runs while the work files are
 made and QEMU starts (it is awaited before any state is loaded, and a
 version mismatch is the error reported even when QEMU itself failed first);
-the VM-state image is copied from a template (:mod:`engine.replay.vmstate`)
+the VM-state image is copied from a template (:mod:`engine.qemu.vmstate`)
 instead of a ``qemu-img`` run; a finished recording's replay log is used in
 place, read-only (QEMU opens it ``rb``); the default work directory is on
 tmpfs; the stream is produced from the start of :meth:`start` into a
@@ -60,7 +60,7 @@ from engine.errors import QemuError, QemuTimeoutError, ReplayError, SbtuiError
 from engine.qemu import QemuProcess, find_qemu, qemu_version
 from engine.qemu.incoming import Prefetch, load_stream
 from engine.recording.format import CheckpointEntry, Recording
-from engine.replay.vmstate import vmstate_image
+from engine.qemu.vmstate import scratch_base, vmstate_image
 from engine.stream.qcow2 import open_vmstate
 
 log = logging.getLogger(__name__)
@@ -80,14 +80,6 @@ WORKDIR_PREFIX = "sbtui-replay-"
 def make_vmstate_image(path: Path) -> Path:
     """A fresh qcow2 that holds the VM state of replay-mode snapshots (facts: an orphan node)."""
     return vmstate_image(path)
-
-
-def scratch_base() -> Path | None:
-    """tmpfs when writable: savevm writes and QEMU's flushes are memory-speed there."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    return None
 
 
 def remove_orphaned_workdirs(base: Path) -> None:

@@ -1,7 +1,9 @@
-"""Per-session files of a replay that are the same every time, made once.
+"""The VM-state image a QEMU's ``savevm`` writes to, made from a template; where it lives.
 
 :func:`vmstate_image` writes the empty qcow2 a replay QEMU keeps its
-replay-mode snapshots in (the orphan ``vmstate`` node, see qemu-facts.md).
+replay-mode snapshots in, and the recorder its record-mode checkpoints (the
+orphan ``vmstate`` node, see qemu-facts.md); :func:`scratch_base` is the
+tmpfs both put it on when they can.
 Every session needs a fresh one, and ``qemu-img create`` costs a process
 start (10-25 ms here, more on a loaded machine) for what is always the same
 few hundred KiB, so the bytes come from a template:
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from engine.errors import QemuError
 from engine.paths import cache_dir
-from engine.qemu import find_qemu_img
+from engine.qemu.binaries import find_qemu_img
 
 # 2 MiB clusters, as the recorder's image: savevm of a 256 MiB guest was
 # 30-40 % faster than with the default 64 KiB.
@@ -171,3 +173,12 @@ def _publish(key: str, data: bytes) -> None:
     except OSError:
         pass  # a read-only cache: every process makes its own once
 
+
+
+def scratch_base() -> Path | None:
+    """tmpfs (``/dev/shm``) when writable: savevm writes and QEMU's flushes go
+    at memory speed there; None when there is none (the caller picks a disk)."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm
+    return None
