@@ -101,3 +101,17 @@ def test_invalid_specs_are_refused(kw, words):
         MachineSpec(**kw)
     for word in words:
         assert word in str(info.value)
+
+
+def test_icount_sleep_off_reaches_the_command_line_and_the_manifest_only_when_asked():
+    plain = rr_spec()
+    assert "icount_sleep" not in plain.to_dict()     # manifests written before it are unchanged
+    assert MachineSpec.from_dict(plain.to_dict()).icount_sleep is True
+    off = rr_spec(icount_sleep=False)
+    argv = off.with_rr("replay").argv("qemu")
+    assert argv[argv.index("-icount") + 1] == "shift=3,sleep=off,rr=replay,rrfile=/r/replay.bin"
+    data = json.loads(json.dumps(off.to_dict()))
+    assert data["icount_sleep"] is False
+    assert MachineSpec.from_dict(data) == off
+    with pytest.raises(UsageError, match="icount_sleep"):
+        MachineSpec.from_dict({**data, "icount_sleep": "off"})
