@@ -27,3 +27,19 @@ def test_broken_files_are_skipped_and_the_default_falls_back(tmp_path):
     assert len(problems) == 2
     assert any("dark.toml" in p and "primary" in p for p in problems)
     assert any("broken.toml" in p for p in problems)
+
+
+def test_one_stylesheet_no_widget_brings_its_own_css():
+    """Issue #6: one stylesheet (sbtui.tcss) using theme variables only; a
+    widget's DEFAULT_CSS would be a second place to look for a style."""
+    import re
+    from pathlib import Path
+
+    import sbtui
+    root = Path(sbtui.__file__).parent
+    own_css = [str(p.relative_to(root)) for p in root.rglob("*.py")
+               if re.search(r"^\s*DEFAULT_CSS\s*=", p.read_text(), re.M)]
+    assert own_css == []
+    css = re.sub(r"/\*.*?\*/", "", (root / "sbtui.tcss").read_text(), flags=re.S)
+    literal = re.findall(r":[^;{}]*?(#[0-9a-fA-F]{3,8}\b|rgba?\(|hsl\()", css)
+    assert literal == [], "colours come from theme variables"

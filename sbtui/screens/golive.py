@@ -29,20 +29,7 @@ from sbtui.messages import ReplayProgressed
 from sbtui.screens.session import SessionScreen
 from sbtui.widgets.console import ConsoleInput
 
-BOX_CSS = """
-    align: center middle;
-    background: $background 60%;
-    & > Vertical {
-        width: 76;
-        max-width: 95%;
-        height: auto;
-        border: round $primary;
-        background: $surface;
-        padding: 1 2;
-    }
-    & Static { color: $foreground; }
-    & ProgressBar, & LoadingIndicator { height: 1; margin-top: 1; color: $accent; }
-"""
+
 
 
 def go_live(screen: SessionScreen, row: CheckpointRow) -> None:
@@ -60,7 +47,6 @@ class GoingLiveScreen(ModalScreen["Session | None"]):
     """Progress while checkpoint ``row`` goes live; dismissed with the new session,
     or with ``None`` when it failed (the error dialog follows)."""
 
-    DEFAULT_CSS = "GoingLiveScreen {" + BOX_CSS + "}"
 
     def __init__(self, session: Session, row: CheckpointRow) -> None:
         super().__init__()
@@ -106,7 +92,6 @@ class GoingLiveScreen(ModalScreen["Session | None"]):
 class GoLiveStoppingScreen(ModalScreen[None]):
     """What Esc/q on a go-live screen shows while its VM stops; keys do nothing here."""
 
-    DEFAULT_CSS = "GoLiveStoppingScreen {" + BOX_CSS + "}"
 
     def __init__(self, text: str) -> None:
         super().__init__()

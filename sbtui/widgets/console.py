@@ -65,10 +65,6 @@ class GuestConsole(Vertical):
             super().__init__()
             self.text = text
 
-    DEFAULT_CSS = """
-    GuestConsole #console-note { height: auto; color: $warning; padding: 0 1; }
-    """
-
     def __init__(self, *, interactive: bool = False, note: str | None = None,
                  id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)

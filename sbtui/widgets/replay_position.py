@@ -22,7 +22,6 @@ def interval_of(rows: list[CheckpointRow], icount: int) -> int:
 
 
 class ReplayPosition(Static):
-    DEFAULT_CSS = "ReplayPosition { height: 2; }"
 
     def __init__(self, rows: list[CheckpointRow], *, id: str | None = None) -> None:
         super().__init__("", id=id)

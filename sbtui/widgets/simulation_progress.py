@@ -61,25 +61,7 @@ def format_intervals(indices: tuple[int, ...] | list[int], limit: int = 12) -> s
 
 
 class SimulationPanel(Vertical):
-    """See the module docstring."""
-
-    DEFAULT_CSS = """
-    SimulationPanel {
-        height: auto;
-        display: none;
-        background: $panel;
-        padding: 0 1;
-    }
-    SimulationPanel.-visible { display: block; }
-    SimulationPanel > Horizontal { height: 1; }
-    SimulationPanel #sim-title { width: auto; margin-right: 1; text-style: bold; color: $primary; }
-    SimulationPanel ProgressBar { width: auto; margin-right: 1; }
-    SimulationPanel #sim-counts { width: 1fr; }
-    SimulationPanel #sim-detail { height: 1; color: $text-muted; }
-    SimulationPanel.-failed #sim-detail { color: $error; }
-    SimulationPanel.-done #sim-title { color: $success; }
-    SimulationPanel.-failed #sim-title { color: $error; }
-    """
+    """See the module docstring. Styles: sbtui.tcss."""
 
     class Progressed(Message):
         """The running simulation made progress (collapses in the queue)."""

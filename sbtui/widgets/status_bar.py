@@ -28,7 +28,6 @@ def sep() -> str:
 
 
 class StatusBar(Static):
-    DEFAULT_CSS = "StatusBar { height: 1; }"
 
     def show_session(self, name: str, status: RecordingStatus) -> None:
         label, colour = STATE_STYLE[status.state]
