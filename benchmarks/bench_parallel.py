@@ -23,7 +23,9 @@ Numbers depend on the load of the machine (other people's QEMUs compete for
 the same 2 cores): the load average is printed with them, and the three
 ``verify`` runs are repeated in interleaved rounds (``SBTUI_BENCH_ROUNDS``,
 default 2), the fastest of each kept. ``SBTUI_BENCH_SECONDS`` sets how long
-the guest is recorded (default 12).
+the guest is recorded (default 12). ``SBTUI_BENCH_ICOUNT_SLEEP=off`` records
+with ``sbtui record --icount-sleep off`` (no replay-slow idle stretch in the
+boot; see the README's performance notes).
 """
 
 from __future__ import annotations
@@ -53,10 +55,10 @@ INTERVAL = 2.0
 MIB = 128
 
 
-def _record(path: Path, seconds: float) -> Recording:
+def _record(path: Path, seconds: float, icount_sleep: bool = True) -> Recording:
     guest = build_demo_guest()
     spec = MachineSpec(memory_mib=MIB, kernel=str(guest.kernel), initrd=str(guest.initrd),
-                       append=guest.append_for("memchurn", duration=600))
+                       append=guest.append_for("memchurn", duration=600), icount_sleep=icount_sleep)
     summary = asyncio.run(Recorder(path, spec, interval=INTERVAL, duration=seconds,
                                    prove="off").run())
     if summary.status != "complete":
@@ -131,11 +133,14 @@ def _check(report) -> None:
 def main() -> None:
     seconds = float(os.environ.get("SBTUI_BENCH_SECONDS", "12"))
     rounds = max(1, int(os.environ.get("SBTUI_BENCH_ROUNDS", "2")))
+    sleep = os.environ.get("SBTUI_BENCH_ICOUNT_SLEEP", "on")
+    if sleep not in ("on", "off"):
+        raise SystemExit(f"SBTUI_BENCH_ICOUNT_SLEEP must be on or off, got {sleep!r}")
     tmp = Path(tempfile.mkdtemp(prefix="sbtui-bench-parallel-"))
     try:
         print(f"recording the demo guest: {MIB} MiB, memchurn, a checkpoint every {INTERVAL:g} s "
-              f"for {seconds:g} s", flush=True)
-        rec = _record(tmp / "rec", seconds)
+              f"for {seconds:g} s, -icount sleep={sleep}", flush=True)
+        rec = _record(tmp / "rec", seconds, icount_sleep=sleep == "on")
         cps = rec.checkpoints()
         print(f"  {len(cps)} intervals, {rec.manifest.end_icount / 1e9:.2f} G instructions, "
               f"replay log {rec.log_path.stat().st_size / 1e6:.1f} MB; "
