@@ -66,6 +66,7 @@ async def test_attach_takes_live_checkpoints_and_detaches_leaving_the_guest_runn
             code, out, err = await sbtui_async("attach", str(sock), str(rec_path), "--count", "3",
                                                "--interval", "0.3", "--json", tag=tag)
             assert code == 0, err.decode(errors="replace")
+            assert b"sbtui attach: detached" in err and b"sbtui record:" not in err
             # Detached: the guest runs on, answers, and QEMU's settings are as before.
             assert (await vm.qmp("query-status"))["status"] == "running"
             await talk(vm, "b")

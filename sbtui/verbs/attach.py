@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--interval must be a positive number of seconds, got {args.interval:g}")
     if args.duration is not None and args.duration <= 0:
         raise UsageError(f"--duration must be a positive number of seconds, got {args.duration:g}")
-    out = Progress(sys.stderr)
+    out = Progress(sys.stderr, "attach")
     if not (args.headless or args.json) and sys.stdin.isatty() and sys.stdout.isatty():
         return _in_app(args, out)
     summary, note = asyncio.run(_attach(args, out))

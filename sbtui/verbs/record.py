@@ -198,12 +198,13 @@ def _mb(n: int) -> str:
 class Progress:
     """Turns recorder events into one line per checkpoint on stderr."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, verb: str = "record"):
         self.stream = stream
+        self.verb = verb              # the lines name the command that prints them
         self.taken: dict[int, CheckpointTaken] = {}
 
     def say(self, text: str) -> None:
-        print(f"sbtui record: {text}", file=self.stream, flush=True)
+        print(f"sbtui {self.verb}: {text}", file=self.stream, flush=True)
 
     def __call__(self, event: object) -> None:
         if isinstance(event, RecordingStarted):
