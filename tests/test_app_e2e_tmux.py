@@ -145,9 +145,9 @@ def test_open_a_recording_enter_shows_registers_and_q_leaves_nothing_running(dem
         term.keys("Down", "Down")
         term.wait(re.compile(r"#2 +icount"), timeout=10)      # the timeline names the selection
         term.keys("Enter")
-        screen = term.wait("rflags", timeout=60)
-        assert "rip" in screen and "cr0" in screen and "disassembly" in screen
-        assert "replaying from checkpoint #2" in screen
+        term.wait("rflags", timeout=60)
+        for needle in ("rip", "cr0", "disassembly", "replaying from checkpoint #2"):
+            term.wait(needle, timeout=10)                     # each on a capture of its own
         wait_for_qemu(tag)
         gdbs = gdbs_under(term.pid)
         assert gdbs, "no gdb under sbtui while its replay is shown"
@@ -175,8 +175,11 @@ def test_demo_shows_the_recording_grow_and_q_leaves_a_replayable_recording(demo_
     term = Terminal(tmp_path, "demo", "--memory", "128", str(rec), tag=tag)
     try:
         screen = term.wait(re.compile(r"checkpoints \([1-9]"), timeout=90)
-        assert "running" in screen and "console (live)" in screen
-        assert "Type to console" in screen                    # the footer offers it, on i
+        # Each on a capture of its own: tmux can be caught mid-repaint (CI saw a
+        # capture whose status line and console frame were not drawn yet).
+        term.wait("running", timeout=10)
+        term.wait("console (live)", timeout=10)
+        term.wait("Type to console", timeout=10)              # the footer offers it, on i
         first = checkpoint_count(screen)
         term.wait(re.compile(rf"checkpoints \((?!{first}\))\d"), timeout=60)
         term.keys("q")
@@ -201,8 +204,9 @@ def test_record_on_a_terminal_opens_the_live_screen(demo_guest, tmp_path):
     term = Terminal(tmp_path, "record", str(rec), "--workload", "memchurn", "--memory", "128",
                     "--prove", "off", tag=tag)
     try:
-        screen = term.wait(re.compile(r"checkpoints \([1-9]"), timeout=90)
-        assert "console (live)" in screen and "Checkpoint now" in screen
+        term.wait(re.compile(r"checkpoints \([1-9]"), timeout=90)
+        term.wait("console (live)", timeout=10)               # each on a capture of its own
+        term.wait("Checkpoint now", timeout=10)
         term.keys("q")
         term.wait_exit(120)
     finally:
