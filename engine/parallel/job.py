@@ -67,6 +67,7 @@ import msgpack
 import xxhash
 
 from engine.errors import QemuDiedError, ReplayError, SbtuiError
+from engine.paths import remove_orphaned_dirs
 from engine.recording.format import (GUEST_DIR, REPLAY_LOG, CheckpointEntry, Manifest, Recording)
 
 JOB_FORMAT = 1
@@ -429,33 +430,7 @@ def _one_line(err: BaseException) -> str:
 
 def remove_stale_workdirs(base: Path) -> list[Path]:
     """Remove job directories whose owner process is gone (a worker killed mid-job)."""
-    removed = []
-    try:
-        entries = list(base.iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        if not entry.name.startswith(WORKDIR_PREFIX):
-            continue
-        try:
-            pid = int(entry.name[len(WORKDIR_PREFIX):].split("-", 1)[0])
-        except ValueError:
-            continue
-        if pid == os.getpid() or _alive(pid):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return remove_orphaned_dirs(base, WORKDIR_PREFIX)
 
 
 async def _run(job: IntervalJob, guest: dict[str, bytes], name: str, base: Path) -> JobResult:

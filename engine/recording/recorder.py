@@ -71,6 +71,7 @@ from typing import Any, Awaitable, BinaryIO, Callable
 from engine.errors import (Qcow2Error, QemuDiedError, QemuError, QemuLaunchError, QmpError,
                            RecordingError, SbtuiError, StoreError, StreamError, UsageError)
 from engine.qemu import MachineSpec, QemuProcess, find_qemu, qemu_version
+from engine.paths import remove_orphaned_dirs
 from engine.qemu.vmstate import scratch_base, vmstate_image
 from engine.recording import markers as mk
 from engine.recording import replaylog
@@ -330,7 +331,7 @@ class Recorder:
         rec = self.rec
         assert rec is not None
         base = self.scratch_dir or scratch_base() or rec.path
-        _remove_orphaned_scratch(Path(base))
+        remove_orphaned_dirs(Path(base), SCRATCH_PREFIX)
         self._scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=base))
         self._image = await asyncio.to_thread(vmstate_image, self._scratch / "vmstate.qcow2")
         self._markers = mk.DebugconReader(rec.debugcon_path)
@@ -968,25 +969,6 @@ async def _settled_console_length(vm: QemuProcess, timeout: float = 0.5) -> int:
             quiet = 0
         await asyncio.sleep(0 if quiet else 0.001)
     return len(console.output)
-
-
-def _remove_orphaned_scratch(base: Path) -> None:
-    """Remove scratch directories of recorders that were killed outright (their
-    VM-state image would otherwise keep tmpfs memory): the name carries the pid."""
-    try:
-        entries = list(base.glob(f"{SCRATCH_PREFIX}*-*"))
-    except OSError:
-        return
-    for d in entries:
-        pid_text = d.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
-        if not pid_text.isdigit() or not d.is_dir():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            pass  # someone else's live process
 
 
 def _replay_children(parent: int) -> set[int]:

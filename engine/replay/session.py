@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from engine.errors import QemuError, QemuTimeoutError, ReplayError, SbtuiError
+from engine.paths import remove_orphaned_dirs
 from engine.qemu import QemuProcess, find_qemu, qemu_version
 from engine.qemu.incoming import Prefetch, load_stream
 from engine.recording.format import CheckpointEntry, Recording
@@ -83,22 +84,8 @@ def make_vmstate_image(path: Path) -> Path:
 
 
 def remove_orphaned_workdirs(base: Path) -> None:
-    """Remove work directories of sessions whose process was killed outright
-    (on tmpfs they would keep memory): the name carries the owner's pid."""
-    try:
-        entries = list(base.glob(f"{WORKDIR_PREFIX}*-*"))
-    except OSError:
-        return
-    for d in entries:
-        pid_text = d.name[len(WORKDIR_PREFIX):].split("-", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or not d.is_dir():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            pass  # someone else's live process
+    """Remove work directories of sessions whose process was killed outright."""
+    remove_orphaned_dirs(base, WORKDIR_PREFIX)
 
 
 class ReplaySession:

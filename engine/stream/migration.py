@@ -1131,23 +1131,6 @@ def _assemble_run(run_source, name: str, counted: bytes | None, index: int, addr
                     index += m
                     addr += m * PAGE_SIZE
                 continue
-            if piece.__class__ is list:     # the block's first record names it: one by one
-                for pg in piece:
-                    if got >= want or len(pg) != PAGE_SIZE:
-                        _check_pages((pg,), got, want, index, name, addr)
-                    got += 1
-                    if counted is not None:
-                        out += pack_u64(addr | FLAG_PAGE)
-                        out += counted
-                        counted = None
-                    else:
-                        out += pack_u64(addr | page_cont)
-                    out += pg
-                    index += 1
-                    addr += PAGE_SIZE
-                if len(out) >= _CHUNK:
-                    flush()
-                continue
             if piece.__class__ is int:
                 z = piece
                 if z <= 0 or got + z > want:
@@ -1178,18 +1161,21 @@ def _assemble_run(run_source, name: str, counted: bytes | None, index: int, addr
                     index += z
                     addr += z * PAGE_SIZE
                 continue
-            if got >= want or len(piece) != PAGE_SIZE:
-                _check_pages((piece,), got, want, index, name, addr)
-            got += 1
-            if counted is not None:
-                out += pack_u64(addr | FLAG_PAGE)
-                out += counted
-                counted = None
-            else:
-                out += pack_u64(addr | page_cont)
-            out += piece
-            index += 1
-            addr += PAGE_SIZE
+            # PAGE payloads record by record: one page, or a list whose first
+            # record names the block
+            for pg in (piece if piece.__class__ is list else (piece,)):
+                if got >= want or len(pg) != PAGE_SIZE:
+                    _check_pages((pg,), got, want, index, name, addr)
+                got += 1
+                if counted is not None:
+                    out += pack_u64(addr | FLAG_PAGE)
+                    out += counted
+                    counted = None
+                else:
+                    out += pack_u64(addr | page_cont)
+                out += pg
+                index += 1
+                addr += PAGE_SIZE
             if len(out) >= _CHUNK:
                 flush()
         if got != want:
