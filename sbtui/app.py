@@ -142,3 +142,19 @@ class SbtuiApp(App[None]):
         for cmd in super().get_system_commands(screen):
             if cmd.title not in ("Quit",):
                 yield cmd
+
+
+def run_live(recorder, *, on_finish, name: str | None = None, theme: str | None = None):
+    """The app on a recording that ``recorder`` makes as it runs (``sbtui demo``,
+    ``record`` and ``attach`` on a terminal): until q, which ends the recording
+    (or detaches). Returns the recorder's summary (None when it was cancelled);
+    raises what ended the recording when it failed."""
+    from engine.live import start_live_session
+    session = start_live_session(recorder, name=name, on_finish=on_finish)
+    try:
+        SbtuiApp(session, theme=theme).run()
+    finally:
+        session.close()
+    if session.error is not None:
+        raise session.error
+    return session.summary

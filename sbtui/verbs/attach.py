@@ -66,18 +66,10 @@ def _job(args: argparse.Namespace, on_event=None):
 
 def _in_app(args: argparse.Namespace, out) -> int:
     """The app on the live recording as it grows; q detaches."""
-    from engine.live import start_live_session
-    from sbtui.app import SbtuiApp
+    from sbtui.app import run_live
 
     job = _job(args)
-    session = start_live_session(job, on_finish=out.say)
-    try:
-        SbtuiApp(session).run()
-    finally:
-        session.close()
-    if session.error is not None:
-        raise session.error
-    s = session.summary
+    s = run_live(job, on_finish=out.say)
     count = s.checkpoints if s is not None else len(job.cp.entries) if job.cp else 0
     out.say(f"detached; {count} checkpoint(s) in {job.rec_path}, {job.detach_note or 'the guest runs on'}")
     return 0    # q is the way to detach here, not an interruption

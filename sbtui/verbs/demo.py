@@ -84,21 +84,13 @@ def _headless(path: Path, spec, info: dict, args: argparse.Namespace) -> int:
 
 
 def _in_app(path: Path, spec, info: dict, args: argparse.Namespace) -> int:
-    from engine.live import start_live_session
     from engine.recording.recorder import Recorder
-    from sbtui.app import SbtuiApp
+    from sbtui.app import run_live
 
     recorder = Recorder(path, spec, interval=args.interval, duration=args.duration,
                         guest_info=info, prove="background")
     _say(f"starting the demo guest ({args.workload}, {args.memory} MiB, TCG) into {path}")
-    session = start_live_session(recorder, name=f"demo: {args.workload}", on_finish=_say)
-    try:
-        SbtuiApp(session, theme=args.theme).run()
-    finally:
-        session.close()
-    if session.error is not None:
-        raise session.error
-    s = session.summary
+    s = run_live(recorder, name=f"demo: {args.workload}", theme=args.theme, on_finish=_say)
     if s is not None:
         p = s.proofs
         _say(f"{s.status}: {s.checkpoints} checkpoints in {s.wall_s:.1f} s; proofs: "

@@ -123,47 +123,34 @@ def run(args: argparse.Namespace) -> int:
 
 def _in_app(args: argparse.Namespace, spec, guest_info: dict) -> int:
     """The app on the recording as it grows (as ``sbtui demo`` does); q ends the recording."""
-    from engine.live import start_live_session
-    from engine.recording.recorder import DEFAULT_ICOUNT_SHIFT, Recorder
-    from sbtui.app import SbtuiApp
+    from sbtui.app import run_live
 
     out = Progress(sys.stderr)
-    if args.live:
-        from engine.qemu import choose_accel
-        from engine.recording.live import LiveRecorder
-        accel = asyncio.run(choose_accel())
-        recorder = LiveRecorder(args.recording, spec.replace(accel=accel), interval=args.interval,
-                                duration=args.duration, guest_info=guest_info)
-    else:
-        recorder = Recorder(args.recording, spec, interval=args.interval, duration=args.duration,
-                            icount_shift=args.icount_shift if args.icount_shift is not None
-                            else DEFAULT_ICOUNT_SHIFT, guest_info=guest_info, prove=args.prove)
-    session = start_live_session(recorder, on_finish=out.say)
-    try:
-        SbtuiApp(session).run()
-    finally:
-        session.close()
-    if session.error is not None:
-        raise session.error
-    if session.summary is not None:
-        out.final(session.summary)
+    recorder = asyncio.run(_recorder(args, spec, guest_info))
+    summary = run_live(recorder, on_finish=out.say)
+    if summary is not None:
+        out.final(summary)
     return 0    # q is the way to end it here, not an interruption
 
 
-async def _record(args: argparse.Namespace, spec, guest_info: dict) -> RecordSummary:
-    out = Progress(sys.stderr)
+async def _recorder(args: argparse.Namespace, spec, guest_info: dict, on_event=None):
+    """The recorder the options ask for: record/replay, or live (KVM when it works)."""
     if args.live:
         from engine.qemu import choose_accel
         from engine.recording.live import LiveRecorder
         accel = await choose_accel()
-        recorder = LiveRecorder(args.recording, spec.replace(accel=accel), interval=args.interval,
-                                duration=args.duration, guest_info=guest_info, on_event=out)
-    else:
-        from engine.recording.recorder import DEFAULT_ICOUNT_SHIFT, Recorder
-        recorder = Recorder(args.recording, spec, interval=args.interval, duration=args.duration,
-                            icount_shift=args.icount_shift if args.icount_shift is not None
-                            else DEFAULT_ICOUNT_SHIFT,
-                            guest_info=guest_info, prove=args.prove, on_event=out)
+        return LiveRecorder(args.recording, spec.replace(accel=accel), interval=args.interval,
+                            duration=args.duration, guest_info=guest_info, on_event=on_event)
+    from engine.recording.recorder import DEFAULT_ICOUNT_SHIFT, Recorder
+    return Recorder(args.recording, spec, interval=args.interval, duration=args.duration,
+                    icount_shift=args.icount_shift if args.icount_shift is not None
+                    else DEFAULT_ICOUNT_SHIFT,
+                    guest_info=guest_info, prove=args.prove, on_event=on_event)
+
+
+async def _record(args: argparse.Namespace, spec, guest_info: dict) -> RecordSummary:
+    out = Progress(sys.stderr)
+    recorder = await _recorder(args, spec, guest_info, on_event=out)
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
     presses = 0
