@@ -151,8 +151,13 @@ async def test_enter_replays_real_registers_and_reverse_stepi_gives_them_back(re
             await wait_for(pilot, lambda: screen.snapshot.icount == snap.icount + 1
                            and not screen.busy, 30, "stepi")
             stepped = screen.snapshot.registers
-            assert stepped["rip"] != rip
-            assert "rip" in screen.query_one(RegistersView).changed()
+            # One instruction later some register differs, and the view marks
+            # exactly those. Not always rip: one iteration of a rep-prefixed
+            # string instruction counts as an instruction and leaves rip where
+            # it was (seen in CI: rep stos, rcx and rdi moved).
+            moved = {name for name, value in stepped.items() if regs.get(name, value) != value}
+            assert moved, "stepi changed no register"
+            assert set(screen.query_one(RegistersView).changed()) == moved
 
             await pilot.press("I")
             await wait_for(pilot, lambda: screen.snapshot.icount == snap.icount
