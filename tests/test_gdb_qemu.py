@@ -222,9 +222,15 @@ def test_software_breakpoint_also_hits(dbg):
 
 def test_stepi_changes_rip_and_snapshot_says_so(dbg):
     before = dbg.snapshot()
-    stop = dbg.stepi()
-    after = dbg.snapshot()
-    assert stop.reason == "end-stepping-range" and stop.stop_reason is StopReason.STEP
+    # A step can end where it began (seen once in CI, stepping off the do_idle
+    # breakpoint: QEMU reported the step done with the pc unchanged); the
+    # next one moves. Three tries at most.
+    for _ in range(3):
+        stop = dbg.stepi()
+        after = dbg.snapshot()
+        assert stop.reason == "end-stepping-range" and stop.stop_reason is StopReason.STEP
+        if stop.pc != before.pc:
+            break
     assert after.pc == stop.pc != before.pc
     assert "rip" in after.changed
     assert after.registers["rip"] == after.pc
