@@ -21,9 +21,17 @@ Time travel, without QEMU's own reverse debugging (measured here: about one
 * QEMU 10's gdbstub sends no stop reply that gdb did not ask for
   (``allow_stop_reply``), so QMP may move the replay while gdb is idle; gdb's
   register and memory caches are then flushed (``GdbDebugger.invalidate``);
-* ``reverse_stepi`` is "go to icount - 1"; ``reverse_continue`` replays the
-  stretch before the current icount with the breakpoints armed, segment by
-  segment backwards, and goes to the last hit.
+* an icount alone does not name a stop: an instruction that faults or is
+  interrupted is not counted, so stepping from it into the handler leaves the
+  count as it was (measured: a page fault in ``clear_user_rep_good`` and a
+  timer interrupt both step with delta 0), and a step can also count 2.
+  ``replay-break`` at N lands on the *last* stop at N. A stop is therefore a
+  :class:`_Position`: replay to ``icount``, then ``steps`` gdb stepi.
+  Forward stepi remembers where each stop came from, so ``reverse_stepi``
+  undoes it exactly; without that memory, the stops just before are found by
+  stepping forward from a few instructions earlier (:meth:`_walk`);
+* ``reverse_continue`` replays the stretch before the current icount with the
+  breakpoints armed, segment by segment backwards, and goes to the last hit.
 
 Every method is sync and blocking (the app calls them from thread workers)
 and serialized by one lock. ``close()`` stops gdb and QEMU and never raises.
@@ -98,6 +106,24 @@ class _Anchor:
     name: str
     icount: int
     console_len: int    # bytes of console printed before it
+    exact: bool = True  # the state replay-break at ``icount`` gives (else: a stop before it)
+
+
+@dataclass(frozen=True)
+class _Position:
+    """How to reach one stop again: replay to ``icount`` (replay-break lands on
+    the last stop with that count), then ``steps`` gdb stepi."""
+    icount: int
+    steps: int = 0
+
+
+# How far back (instructions) :meth:`ReplayDebugger._walk` starts stepping to
+# find the stops before one it has no memory of, and how many stepi it takes
+# at most (delta-0 chains and ``rep`` iterations make it more than the span).
+WALK_SPAN = 16
+WALK_LIMIT = 4 * WALK_SPAN + 64
+# Stops remembered for reverse_stepi (a pair of ints each).
+CAME_FROM_MAX = 100_000
 
 
 def system_map_of(rec: Recording, search: list[Path] | None = None) -> Path | None:
@@ -159,6 +185,11 @@ class ReplayDebugger:
         self._anchors: list[_Anchor] = []
         self._anchor_seq = 0
         self._icount = 0
+        # Where the current stop is (None: reached by gdb running, not known)
+        # and, for stops reached by stepi, the stop each came from, keyed by
+        # (icount, pc).
+        self._where: _Position | None = None
+        self._came_from: dict[tuple[int, int], _Position] = {}
         self._rate = INITIAL_RATE
         self._closed = False
         # What the guest printed up to the current icount: rewinding to an
@@ -234,6 +265,7 @@ class ReplayDebugger:
         if self._gdb.symbol_file is None and (self._vmlinux or self._system_map):
             self._gdb.load_symbols(vmlinux=self._vmlinux, system_map=self._system_map)
         self._icount = anchor.icount if anchor else cp.icount
+        self._where = _Position(self._icount) if anchor is None or anchor.exact else None
         if anchor is None and not any(a.icount == self._icount for a in self._anchors):
             self._anchor_here()
         say(f"at {where}", 1.0)
@@ -260,7 +292,8 @@ class ReplayDebugger:
         name = f"anchor-{self._anchor_seq}"
         self._loop.run(s.save_snapshot(name))
         self._sync_console()
-        a = _Anchor(s.vmstate_image, name, self._icount, len(self._console))
+        exact = self._where is not None and self._where.steps == 0
+        a = _Anchor(s.vmstate_image, name, self._icount, len(self._console), exact)
         keys = [x.icount for x in self._anchors]
         self._anchors.insert(bisect.bisect_right(keys, a.icount), a)
 
@@ -280,10 +313,13 @@ class ReplayDebugger:
         if target < self._checkpoints[0].icount:
             raise UsageError(f"icount {target} lies before the recording's first checkpoint")
         here = self._icount
-        anchors = [a for a in self._anchors if a.icount <= target]
+        # An anchor taken at a stop that is not the last with its count is not
+        # what replay-break at that count gives; it can only start a longer run.
+        anchors = [a for a in self._anchors
+                   if a.icount < target or (a.icount == target and a.exact)]
         cp = self._checkpoint_at_or_before(target)
         options: list[tuple[float, str, Any]] = []
-        if here <= target:
+        if here < target or (here == target and self._where == _Position(target)):
             options.append(((target - here) / self._rate, "forward", None))
         if anchors:
             a = anchors[-1]
@@ -316,14 +352,73 @@ class ReplayDebugger:
                 self._rate = (target - start) / took
         self._gdb.invalidate()
         self._icount = target
+        self._where = _Position(target)
         if target - start > ANCHOR_SPAN and not any(a.icount == target for a in self._anchors):
             self._anchor_here()
 
     def _after_forward(self, start: int) -> None:
         self._gdb.invalidate()
         self._refresh_icount()
+        self._where = None
         if self._icount - start > ANCHOR_SPAN:
             self._anchor_here()
+
+    # -- stops as positions ----------------------------------------------------
+
+    def _stop(self) -> tuple[int, int]:
+        """The current stop's name: (icount, pc)."""
+        return self._icount, self._gdb.pc()
+
+    def _note_step(self, before: _Position | None, before_icount: int) -> None:
+        """After one stepi from a stop at ``before_icount`` (reached by
+        ``before`` when known): remember where the new stop came from."""
+        if self._icount > before_icount:
+            # The count moved on, so the stop before was the last at its count:
+            # exactly what replay-break there gives.
+            before = _Position(before_icount)
+        if before is None:
+            self._where = None
+            return
+        if len(self._came_from) >= CAME_FROM_MAX:
+            self._came_from.pop(next(iter(self._came_from)))
+        self._came_from[self._stop()] = before
+        self._where = _Position(before.icount, before.steps + 1)
+
+    def _step_raw(self) -> None:
+        """One gdb stepi inside the recording (no end-of-log handling), noted."""
+        before, before_icount = self._where, self._icount
+        self._gdb.stepi()
+        self._gdb.invalidate()
+        self._refresh_icount()
+        self._note_step(before, before_icount)
+
+    def _go(self, pos: _Position, progress: api.ProgressCallback | None = None) -> None:
+        self._replay_to(pos.icount, progress)
+        for _ in range(pos.steps):
+            self._step_raw()
+
+    def _walk(self, target: tuple[int, int]) -> tuple[_Position | None, _Position | None]:
+        """Step forward from a little before stop ``target`` = (icount, pc),
+        noting every stop, until it is reached. Returns (its position, the
+        position of the stop before it); (None, the last stop with a lower
+        count) when stepping never stops there (a replay-break state inside a
+        step that counts 2)."""
+        icount = target[0]
+        start = max(self._checkpoints[0].icount, icount - WALK_SPAN)
+        self._replay_to(start, None)
+        previous: _Position | None = None
+        below: _Position | None = None
+        for _ in range(WALK_LIMIT):
+            here = self._stop()
+            if here == target:
+                return self._where, previous
+            if self._icount > icount:
+                break
+            previous = self._where
+            if self._icount < icount:
+                below = self._where
+            self._step_raw()
+        return None, below
 
     def _forward(self, op: Callable[[], Any]) -> api.StopEvent:
         with self._lock:
@@ -456,7 +551,12 @@ class ReplayDebugger:
         return self._forward(self._gdb.next)
 
     def stepi(self) -> api.StopEvent:
-        return self._forward(self._gdb.stepi)
+        with self._lock:
+            before, before_icount = self._where, self._icount
+            event = self._forward(self._gdb.stepi)
+            if event.reason is api.StopReason.STEP:
+                self._note_step(before, before_icount)
+            return event
 
     def finish(self) -> api.StopEvent:
         return self._forward(self._gdb.finish)
@@ -495,15 +595,24 @@ class ReplayDebugger:
     # -- backward and jumps -------------------------------------------------------
 
     def reverse_stepi(self) -> api.StopEvent:
+        """Back to the stop a stepi from which leads here: the faulting or
+        interrupted instruction when here is the handler's first one."""
         with self._lock:
             self._s()
-            first = self._checkpoints[0].icount
-            if self._icount <= first:
-                pc = self._gdb.pc()
-                return api.StopEvent(api.StopReason.START, self._icount, pc, "start of the recording")
-            self._replay_to(self._icount - 1, None)
-            pc = self._gdb.pc()
-            return api.StopEvent(api.StopReason.STEP, self._icount, pc, "stepped back one instruction")
+            here = self._stop()
+            back = self._came_from.get(here)
+            if back is None and self._where is not None and self._where.steps > 0:
+                back = _Position(self._where.icount, self._where.steps - 1)
+            if back is None:
+                if self._icount <= self._checkpoints[0].icount:
+                    return api.StopEvent(api.StopReason.START, self._icount, here[1],
+                                         "start of the recording")
+                _, back = self._walk(here)
+                if back is None:
+                    back = _Position(here[0] - 1)
+            self._go(back)
+            return api.StopEvent(api.StopReason.STEP, self._icount, self._gdb.pc(),
+                                 "stepped back one instruction")
 
     def reverse_continue(self, progress: api.ProgressCallback | None = None) -> api.StopEvent:
         """Back to the last breakpoint/watchpoint hit before here, or the start."""
@@ -525,6 +634,12 @@ class ReplayDebugger:
                 if last_hit is not None:
                     icount, event = last_hit
                     self._replay_to(icount, progress)
+                    if self._gdb.pc() != event.pc:
+                        # A hit on an instruction that then faulted: the last
+                        # stop at its count is the handler; step to the hit.
+                        found, _ = self._walk((icount, event.pc))
+                        if found is not None:
+                            self._go(found)
                     return event
                 if seg_start <= self._checkpoints[0].icount:
                     return api.StopEvent(api.StopReason.START, self._icount, self._gdb.pc(),

@@ -50,8 +50,9 @@ Reverse execution, the contract with the replay layer:
   ``reverse-stepi`` in 90, and one ``reverse-continue`` in two, never
   returned, and the stub then ignored ``-exec-interrupt`` as well.
 * The engine-level route does not depend on QEMU's reverse debugging: the
-  replay layer restores the nearest checkpoint and runs to ``icount - 1``
-  with QMP ``replay-break``, then calls :meth:`invalidate` (QEMU's state
+  replay layer restores the nearest checkpoint and runs to the stop before
+  (``engine.debugger``: an icount plus a few stepi) with QMP ``replay-break``,
+  then calls :meth:`invalidate` (QEMU's state
   changed behind gdb's back: registers and memory caches must be re-read) and
   :meth:`snapshot`. Stepping forward from there uses :meth:`stepi`.
 """
