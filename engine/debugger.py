@@ -22,14 +22,18 @@ Time travel, without QEMU's own reverse debugging (measured here: about one
   (``allow_stop_reply``), so QMP may move the replay while gdb is idle; gdb's
   register and memory caches are then flushed (``GdbDebugger.invalidate``);
 * an icount alone does not name a stop: an instruction that faults or is
-  interrupted is not counted, so stepping from it into the handler leaves the
-  count as it was (measured: a page fault in ``clear_user_rep_good`` and a
-  timer interrupt both step with delta 0), and a step can also count 2.
-  ``replay-break`` at N lands on the *last* stop at N. A stop is therefore a
-  :class:`_Position`: replay to ``icount``, then ``steps`` gdb stepi.
-  Forward stepi remembers where each stop came from, so ``reverse_stepi``
-  undoes it exactly; without that memory, the stops just before are found by
-  stepping forward from a few instructions earlier (:meth:`_walk`);
+  interrupted is not counted, so the step from it into the handler leaves
+  the count as it was (measured: a page fault in ``clear_user_rep_good``, a
+  timer interrupt), and a step has been seen to count 2. ``replay-break`` at N
+  lands on one of the stops at N, which one depends on where the run started
+  (measured: the faulting instruction from 16 instructions before, the
+  handler from 5 before). A stop is therefore named by (icount, pc) and
+  reached by replaying to icount - 1 (every stop there comes before every
+  stop at N) and stepping forward until it (:meth:`_go_to_stop`);
+* ``reverse_stepi`` goes back to the stop a forward stepi came from (each
+  stepi remembers it); with no such memory, it steps forward from a few
+  instructions earlier to learn it (:meth:`_walk`). Stepping back from a
+  handler's first instruction thus shows the faulting instruction;
 * ``reverse_continue`` replays the stretch before the current icount with the
   breakpoints armed, segment by segment backwards, and goes to the last hit.
 
@@ -106,23 +110,18 @@ class _Anchor:
     name: str
     icount: int
     console_len: int    # bytes of console printed before it
-    exact: bool = True  # the state replay-break at ``icount`` gives (else: a stop before it)
 
 
-@dataclass(frozen=True)
-class _Position:
-    """How to reach one stop again: replay to ``icount`` (replay-break lands on
-    the last stop with that count), then ``steps`` gdb stepi."""
-    icount: int
-    steps: int = 0
-
+# A stop: (icount, pc).
+Stop = tuple[int, int]
 
 # How far back (instructions) :meth:`ReplayDebugger._walk` starts stepping to
-# find the stops before one it has no memory of, and how many stepi it takes
-# at most (delta-0 chains and ``rep`` iterations make it more than the span).
+# learn the stops before one it has no memory of, and how many stepi a walk
+# or a :meth:`ReplayDebugger._go_to_stop` takes at most (fault and interrupt
+# entries add stops without adding counts).
 WALK_SPAN = 16
-WALK_LIMIT = 4 * WALK_SPAN + 64
-# Stops remembered for reverse_stepi (a pair of ints each).
+STEP_LIMIT = 4 * WALK_SPAN + 64
+# Stops whose predecessor is remembered for reverse_stepi.
 CAME_FROM_MAX = 100_000
 
 
@@ -185,11 +184,8 @@ class ReplayDebugger:
         self._anchors: list[_Anchor] = []
         self._anchor_seq = 0
         self._icount = 0
-        # Where the current stop is (None: reached by gdb running, not known)
-        # and, for stops reached by stepi, the stop each came from, keyed by
-        # (icount, pc).
-        self._where: _Position | None = None
-        self._came_from: dict[tuple[int, int], _Position] = {}
+        # For stops reached by stepi: the stop each came from.
+        self._came_from: dict[Stop, Stop] = {}
         self._rate = INITIAL_RATE
         self._closed = False
         # What the guest printed up to the current icount: rewinding to an
@@ -265,7 +261,6 @@ class ReplayDebugger:
         if self._gdb.symbol_file is None and (self._vmlinux or self._system_map):
             self._gdb.load_symbols(vmlinux=self._vmlinux, system_map=self._system_map)
         self._icount = anchor.icount if anchor else cp.icount
-        self._where = _Position(self._icount) if anchor is None or anchor.exact else None
         if anchor is None and not any(a.icount == self._icount for a in self._anchors):
             self._anchor_here()
         say(f"at {where}", 1.0)
@@ -292,8 +287,7 @@ class ReplayDebugger:
         name = f"anchor-{self._anchor_seq}"
         self._loop.run(s.save_snapshot(name))
         self._sync_console()
-        exact = self._where is not None and self._where.steps == 0
-        a = _Anchor(s.vmstate_image, name, self._icount, len(self._console), exact)
+        a = _Anchor(s.vmstate_image, name, self._icount, len(self._console))
         keys = [x.icount for x in self._anchors]
         self._anchors.insert(bisect.bisect_right(keys, a.icount), a)
 
@@ -313,13 +307,10 @@ class ReplayDebugger:
         if target < self._checkpoints[0].icount:
             raise UsageError(f"icount {target} lies before the recording's first checkpoint")
         here = self._icount
-        # An anchor taken at a stop that is not the last with its count is not
-        # what replay-break at that count gives; it can only start a longer run.
-        anchors = [a for a in self._anchors
-                   if a.icount < target or (a.icount == target and a.exact)]
+        anchors = [a for a in self._anchors if a.icount <= target]
         cp = self._checkpoint_at_or_before(target)
         options: list[tuple[float, str, Any]] = []
-        if here < target or (here == target and self._where == _Position(target)):
+        if here <= target:
             options.append(((target - here) / self._rate, "forward", None))
         if anchors:
             a = anchors[-1]
@@ -352,73 +343,68 @@ class ReplayDebugger:
                 self._rate = (target - start) / took
         self._gdb.invalidate()
         self._icount = target
-        self._where = _Position(target)
         if target - start > ANCHOR_SPAN and not any(a.icount == target for a in self._anchors):
             self._anchor_here()
 
     def _after_forward(self, start: int) -> None:
         self._gdb.invalidate()
         self._refresh_icount()
-        self._where = None
         if self._icount - start > ANCHOR_SPAN:
             self._anchor_here()
 
-    # -- stops as positions ----------------------------------------------------
+    # -- stops -----------------------------------------------------------------
 
-    def _stop(self) -> tuple[int, int]:
-        """The current stop's name: (icount, pc)."""
+    def _stop(self) -> Stop:
         return self._icount, self._gdb.pc()
 
-    def _note_step(self, before: _Position | None, before_icount: int) -> None:
-        """After one stepi from a stop at ``before_icount`` (reached by
-        ``before`` when known): remember where the new stop came from."""
-        if self._icount > before_icount:
-            # The count moved on, so the stop before was the last at its count:
-            # exactly what replay-break there gives.
-            before = _Position(before_icount)
-        if before is None:
-            self._where = None
-            return
+    def _remember(self, before: Stop) -> None:
+        """After a stepi from stop ``before``: the current stop came from it."""
         if len(self._came_from) >= CAME_FROM_MAX:
             self._came_from.pop(next(iter(self._came_from)))
         self._came_from[self._stop()] = before
-        self._where = _Position(before.icount, before.steps + 1)
 
-    def _step_raw(self) -> None:
-        """One gdb stepi inside the recording (no end-of-log handling), noted."""
-        before, before_icount = self._where, self._icount
+    def _step_inside(self) -> None:
+        """One stepi inside the recording (no end-of-log handling), remembered."""
+        before = self._stop()
         self._gdb.stepi()
         self._gdb.invalidate()
         self._refresh_icount()
-        self._note_step(before, before_icount)
+        self._remember(before)
 
-    def _go(self, pos: _Position, progress: api.ProgressCallback | None = None) -> None:
-        self._replay_to(pos.icount, progress)
-        for _ in range(pos.steps):
-            self._step_raw()
-
-    def _walk(self, target: tuple[int, int]) -> tuple[_Position | None, _Position | None]:
-        """Step forward from a little before stop ``target`` = (icount, pc),
-        noting every stop, until it is reached. Returns (its position, the
-        position of the stop before it); (None, the last stop with a lower
-        count) when stepping never stops there (a replay-break state inside a
-        step that counts 2)."""
-        icount = target[0]
-        start = max(self._checkpoints[0].icount, icount - WALK_SPAN)
-        self._replay_to(start, None)
-        previous: _Position | None = None
-        below: _Position | None = None
-        for _ in range(WALK_LIMIT):
+    def _go_to_stop(self, stop: Stop, progress: api.ProgressCallback | None = None) -> bool:
+        """Go to ``stop``: replay to its icount - 1, then step until there.
+        False when stepping passes it (a state inside a step that counts 2,
+        which only replay-break reaches): then at replay-break's stop at its
+        count."""
+        icount, _ = stop
+        self._replay_to(max(self._checkpoints[0].icount, icount - 1), progress)
+        for _ in range(STEP_LIMIT):
             here = self._stop()
-            if here == target:
-                return self._where, previous
-            if self._icount > icount:
+            if here == stop:
+                return True
+            if here[0] > icount:
                 break
-            previous = self._where
-            if self._icount < icount:
-                below = self._where
-            self._step_raw()
-        return None, below
+            self._step_inside()
+        self._replay_to(icount, progress)
+        return self._stop() == stop
+
+    def _walk(self, stop: Stop) -> Stop | None:
+        """The stop a stepi to ``stop`` comes from, learnt by stepping forward
+        from :data:`WALK_SPAN` instructions before it; else (never stepped
+        onto) the last stop with a lower count seen on the way."""
+        icount, _ = stop
+        self._replay_to(max(self._checkpoints[0].icount, icount - WALK_SPAN), None)
+        below = None
+        for _ in range(STEP_LIMIT):
+            here = self._stop()
+            if here == stop:
+                return self._came_from.get(stop, below)
+            if here[0] > icount:
+                break
+            if here[0] < icount:
+                below = here
+            self._step_inside()
+        return below
 
     def _forward(self, op: Callable[[], Any]) -> api.StopEvent:
         with self._lock:
@@ -552,10 +538,10 @@ class ReplayDebugger:
 
     def stepi(self) -> api.StopEvent:
         with self._lock:
-            before, before_icount = self._where, self._icount
+            before = self._stop()
             event = self._forward(self._gdb.stepi)
             if event.reason is api.StopReason.STEP:
-                self._note_step(before, before_icount)
+                self._remember(before)
             return event
 
     def finish(self) -> api.StopEvent:
@@ -595,22 +581,18 @@ class ReplayDebugger:
     # -- backward and jumps -------------------------------------------------------
 
     def reverse_stepi(self) -> api.StopEvent:
-        """Back to the stop a stepi from which leads here: the faulting or
-        interrupted instruction when here is the handler's first one."""
+        """Back to the stop a stepi from which leads here: from a handler's
+        first instruction, the faulting or interrupted one."""
         with self._lock:
             self._s()
             here = self._stop()
             back = self._came_from.get(here)
-            if back is None and self._where is not None and self._where.steps > 0:
-                back = _Position(self._where.icount, self._where.steps - 1)
             if back is None:
                 if self._icount <= self._checkpoints[0].icount:
                     return api.StopEvent(api.StopReason.START, self._icount, here[1],
                                          "start of the recording")
-                _, back = self._walk(here)
-                if back is None:
-                    back = _Position(here[0] - 1)
-            self._go(back)
+                back = self._walk(here) or (here[0] - 1, -1)
+            self._go_to_stop(back)
             return api.StopEvent(api.StopReason.STEP, self._icount, self._gdb.pc(),
                                  "stepped back one instruction")
 
@@ -630,16 +612,13 @@ class ReplayDebugger:
                                          "start of the recording: no earlier hit")
                 say(f"searching icount {seg_start}..{upper} for breakpoint hits", -1.0)
                 self._replay_to(seg_start, progress)
-                last_hit = self._last_hit_before(upper)
+                # Below the first stretch, hits at count ``upper`` itself count
+                # too: the stretch searched before started at replay-break's
+                # stop there, which may come after them.
+                last_hit = self._last_hit_before(upper, inclusive=upper != here)
                 if last_hit is not None:
                     icount, event = last_hit
-                    self._replay_to(icount, progress)
-                    if self._gdb.pc() != event.pc:
-                        # A hit on an instruction that then faulted: the last
-                        # stop at its count is the handler; step to the hit.
-                        found, _ = self._walk((icount, event.pc))
-                        if found is not None:
-                            self._go(found)
+                    self._go_to_stop((icount, event.pc), progress)
                     return event
                 if seg_start <= self._checkpoints[0].icount:
                     return api.StopEvent(api.StopReason.START, self._icount, self._gdb.pc(),
@@ -652,9 +631,11 @@ class ReplayDebugger:
         points += [cp.icount for cp in self._checkpoints if cp.icount < upper]
         return max(points) if points else None
 
-    def _last_hit_before(self, upper: int):
+    def _last_hit_before(self, upper: int, inclusive: bool = False):
         """Run forward from here to ``upper`` with breakpoints armed; the last hit
-        as ``(icount, StopEvent)``, or None."""
+        as ``(icount, StopEvent)``, or None. ``inclusive``: up to the last stop
+        at count ``upper`` (a hit on an instruction that then faults shares
+        its count with the handler's first instruction)."""
         s = self._s()
         last = None
         # gdb steps over a breakpoint under the PC when it resumes, so a hit
@@ -666,14 +647,15 @@ class ReplayDebugger:
                 where = f"{name}+{off:#x}" if name and off else (name or f"{pc:#x}")
                 last = (self._icount, api.StopEvent(api.StopReason.BREAKPOINT, self._icount, pc,
                                                     f"breakpoint {b.number}, {where}"))
-        self._loop.run(s.vm.qmp("replay-break", {"icount": upper}))
+        self._loop.run(s.vm.qmp("replay-break", {"icount": upper + 1 if inclusive else upper}))
         try:
             while True:
                 stop = self._gdb.cont(timeout=None)
                 self._gdb.invalidate()
                 icount = self._refresh_icount()
-                if icount >= upper or stop.stop_reason not in (api.StopReason.BREAKPOINT,
-                                                               api.StopReason.WATCHPOINT):
+                past = icount > upper if inclusive else icount >= upper
+                if past or stop.stop_reason not in (api.StopReason.BREAKPOINT,
+                                                    api.StopReason.WATCHPOINT):
                     break
                 last = (icount, stop.to_event(icount))
         finally:
