@@ -24,7 +24,8 @@ What one run does (see shared/notes/qemu-facts.md for why):
   past it, a background task proves interval k with the ``prover`` (default:
   ``engine.replay.prove.prove_and_repair``, which restores checkpoint k into a
   replay, runs it to k+1, compares RAM, and rebuilds checkpoint k from k-1
-  when it does not restore). The run ends only after every interval,
+  when it does not restore; run in a child process, niced and SCHED_IDLE
+  while the guest records, ``engine.replay.prove_child``). The run ends only after every interval,
   including the last (replayed to the end of the log), was proven. Without
   ``engine.replay`` the proofs stay ``unproven`` and the summary says so.
 * Markers: lines ``sbmark`` writes to the debug port are placed at an
@@ -112,12 +113,14 @@ EventCallback = Callable[[object], None]
 
 
 def default_prover() -> tuple[Prover | None, str]:
-    """The lead's proof step when ``engine.replay`` is importable, else (None, why)."""
+    """The proof step when ``engine.replay`` is importable, else (None, why):
+    ``prove_and_repair`` in a child process (``engine.replay.prove_child``),
+    which the recorder nices while the guest records."""
     try:
-        from engine.replay.prove import prove_and_repair
+        from engine.replay.prove_child import prove_in_child
     except ImportError as err:
         return None, f"checkpoint proofs are not available ({err}); checkpoints stay unproven"
-    return prove_and_repair, ""
+    return prove_in_child, ""
 
 
 @dataclass
@@ -753,10 +756,13 @@ class Recorder:
         self._proved.add(index)
         before = {cp.index: cp for cp in rec.checkpoints()}.get(index)
         self.on_event(ProofStarted(index))
-        nicer = asyncio.create_task(self._deprioritize_replays()) \
-            if self.vm is not None and not self._qemu_exited else None
+        recording = self.vm is not None and not self._qemu_exited
+        nicer = asyncio.create_task(self._deprioritize_replays()) if recording else None
+        # The default prover's child process takes the niceness itself (its
+        # own Python work, not only its replay QEMU, must yield to the guest).
+        extra = {"nice": PROOF_NICE if recording else 0} if _takes_nice(self._prover) else {}
         try:
-            result = await self._prover(rec, index,
+            result = await self._prover(rec, index, **extra,
                                         progress=lambda msg: log.debug("proof: %s", msg))
             status = getattr(result, "status", "unproven")
             detail = getattr(result, "detail", "")
@@ -969,6 +975,14 @@ async def _settled_console_length(vm: QemuProcess, timeout: float = 0.5) -> int:
             quiet = 0
         await asyncio.sleep(0 if quiet else 0.001)
     return len(console.output)
+
+
+def _takes_nice(prover) -> bool:
+    try:
+        from engine.replay.prove_child import prove_in_child
+    except ImportError:
+        return False
+    return prover is prove_in_child
 
 
 def _replay_children(parent: int) -> set[int]:
