@@ -163,7 +163,7 @@ async def test_golive_from_a_live_recording_checkpoint(tmp_path):
         job = GoLiveRecorder(rec, cp, tmp_path / "branch", interval=0.5, duration=60.0)
         run = asyncio.ensure_future(job.run())
         try:
-            while job.vm is None:
+            while job.cp is None:      # started: vm is set before the checkpointer
                 assert not run.done(), run.result()
                 await asyncio.sleep(0.05)
             # the tiny guest answers each byte: it runs, and its console is ours

@@ -31,12 +31,16 @@ def rec_copy(demo_recording, tmp_path):
 
 
 def _children(parent: int) -> set[int]:
+    """The proof children of ``parent`` (pytest has other children too)."""
     found = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) != parent:
+                        continue
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if b"engine.replay.prove_child" in f.read():
                         found.add(int(entry))
             except (OSError, IndexError, ValueError):
                 pass
