@@ -371,20 +371,32 @@ class ReplayDebugger:
         self._refresh_icount()
         self._remember(before)
 
+    def _step_to(self, stop: Stop, start: int,
+                 progress: api.ProgressCallback | None = None) -> tuple[bool, Stop | None]:
+        """Replay to ``start``, then stepi until at ``stop`` (True) or past its
+        count (False); also the last stop with a lower count seen on the way."""
+        icount, _ = stop
+        self._replay_to(max(self._checkpoints[0].icount, start), progress)
+        below = None
+        for _ in range(STEP_LIMIT):
+            here = self._stop()
+            if here == stop:
+                return True, below
+            if here[0] > icount:
+                break
+            if here[0] < icount:
+                below = here
+            self._step_inside()
+        return False, below
+
     def _go_to_stop(self, stop: Stop, progress: api.ProgressCallback | None = None) -> bool:
         """Go to ``stop``: replay to its icount - 1, then step until there.
         False when stepping passes it (a state inside a step that counts 2,
         which only replay-break reaches): then at replay-break's stop at its
         count."""
         icount, _ = stop
-        self._replay_to(max(self._checkpoints[0].icount, icount - 1), progress)
-        for _ in range(STEP_LIMIT):
-            here = self._stop()
-            if here == stop:
-                return True
-            if here[0] > icount:
-                break
-            self._step_inside()
+        if self._step_to(stop, icount - 1, progress)[0]:
+            return True
         self._replay_to(icount, progress)
         return self._stop() == stop
 
@@ -392,19 +404,8 @@ class ReplayDebugger:
         """The stop a stepi to ``stop`` comes from, learnt by stepping forward
         from :data:`WALK_SPAN` instructions before it; else (never stepped
         onto) the last stop with a lower count seen on the way."""
-        icount, _ = stop
-        self._replay_to(max(self._checkpoints[0].icount, icount - WALK_SPAN), None)
-        below = None
-        for _ in range(STEP_LIMIT):
-            here = self._stop()
-            if here == stop:
-                return self._came_from.get(stop, below)
-            if here[0] > icount:
-                break
-            if here[0] < icount:
-                below = here
-            self._step_inside()
-        return below
+        reached, below = self._step_to(stop, stop[0] - WALK_SPAN)
+        return self._came_from.get(stop, below) if reached else below
 
     def _forward(self, op: Callable[[], Any]) -> api.StopEvent:
         with self._lock:

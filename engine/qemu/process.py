@@ -71,7 +71,9 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _child_preexec(parent_pid: int) -> Callable[[], None]:
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn: SIGKILL from the kernel when the parent dies (any child we
+    start, not only QEMU, must not outlive us)."""
     prctl = _libc.prctl  # looked up before fork: nothing to resolve in the child
 
     def preexec() -> None:
@@ -253,7 +255,7 @@ class QemuProcess:
                 self._proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                     cwd=self.workdir, pass_fds=(qmp_theirs.fileno(), con_theirs.fileno()),
-                    start_new_session=True, preexec_fn=_child_preexec(os.getpid()))
+                    start_new_session=True, preexec_fn=die_with_parent(os.getpid()))
         except OSError as err:
             qmp_ours.close()
             con_ours.close()

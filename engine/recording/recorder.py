@@ -175,6 +175,9 @@ class Recorder:
             self._prover, self._proof_note = prover, ""  # type: ignore[assignment]
         if prove == "off":
             self._prover, self._proof_note = None, "proofs switched off; checkpoints stay unproven"
+        # The default prover's child process takes the niceness itself (its
+        # own Python work, not only its replay QEMU, must yield to the guest).
+        self._prover_nices = _takes_nice(self._prover)
 
         self.rec: Recording | None = None
         self.vm: QemuProcess | None = None
@@ -757,10 +760,9 @@ class Recorder:
         before = {cp.index: cp for cp in rec.checkpoints()}.get(index)
         self.on_event(ProofStarted(index))
         recording = self.vm is not None and not self._qemu_exited
-        nicer = asyncio.create_task(self._deprioritize_replays()) if recording else None
-        # The default prover's child process takes the niceness itself (its
-        # own Python work, not only its replay QEMU, must yield to the guest).
-        extra = {"nice": PROOF_NICE if recording else 0} if _takes_nice(self._prover) else {}
+        nicer = asyncio.create_task(self._deprioritize_replays()) \
+            if recording and not self._prover_nices else None
+        extra = {"nice": PROOF_NICE if recording else 0} if self._prover_nices else {}
         try:
             result = await self._prover(rec, index, **extra,
                                         progress=lambda msg: log.debug("proof: %s", msg))
@@ -780,8 +782,8 @@ class Recorder:
         self.on_event(ProofFinished(index, status, detail, rebuilt))
 
     async def _deprioritize_replays(self) -> None:
-        """While the guest is being recorded, a proof's replay QEMU gets only the CPU
-        the recording leaves over: on two cores it would otherwise slow the guest
+        """For a prover that does not nice itself: while the guest is being
+        recorded, a proof's replay QEMU gets only the CPU the recording leaves over: on two cores it would otherwise slow the guest
         by half. Runs beside one proof; QEMU is in its own process group, and
         ``setpriority(PRIO_PGRP)`` reaches all of its threads."""
         me = os.getpid()

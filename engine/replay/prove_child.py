@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import ReplayError
-from engine.qemu.process import _child_preexec
+from engine.qemu.process import die_with_parent
 
 STDERR_TAIL = 2000
 
@@ -55,10 +55,10 @@ class ChildProof:
 
 
 def _preexec(parent: int, nice: int) -> Callable[[], None]:
-    die_with_parent = _child_preexec(parent)
+    first = die_with_parent(parent)
 
     def preexec() -> None:
-        die_with_parent()
+        first()
         if nice:
             os.nice(nice)
             # SCHED_IDLE on top: a core running only this counts as idle when
