@@ -357,11 +357,17 @@ class ReplayDebugger:
     def _stop(self) -> Stop:
         return self._icount, self._gdb.pc()
 
-    def _remember(self, before: Stop) -> None:
-        """After a stepi from stop ``before``: the current stop came from it."""
+    def _remember(self, before: Stop, replace: bool = True) -> None:
+        """After a stepi from stop ``before``: the current stop came from it.
+        ``replace=False`` (the debugger's own stepping, which may start at a
+        replay-break state no stepi stops at, e.g. inside a step that counts
+        2) keeps what a stepi of the user's already taught."""
+        here = self._stop()
+        if not replace and here in self._came_from:
+            return
         if len(self._came_from) >= CAME_FROM_MAX:
             self._came_from.pop(next(iter(self._came_from)))
-        self._came_from[self._stop()] = before
+        self._came_from[here] = before
 
     def _step_inside(self) -> None:
         """One stepi inside the recording (no end-of-log handling), remembered."""
@@ -369,7 +375,7 @@ class ReplayDebugger:
         self._gdb.stepi()
         self._gdb.invalidate()
         self._refresh_icount()
-        self._remember(before)
+        self._remember(before, replace=False)
 
     def _step_to(self, stop: Stop, start: int,
                  progress: api.ProgressCallback | None = None) -> tuple[bool, Stop | None]:
