@@ -262,12 +262,13 @@ def test_bzimage_check_names_the_file(tmp_path):
 
 # -- the symbol dump -----------------------------------------------------------
 
-def test_kallsyms_dump_is_cut_from_firmware_noise_and_sorted():
-    raw = (b"SeaBIOS (version x)\nBooting from ROM...\nkallsyms-begin\n"
+@pytest.mark.parametrize("mark", [b"", b"@0000000426086d12 "])
+def test_kallsyms_dump_is_cut_from_firmware_noise_and_sorted(mark):
+    # sbmark writes the frame lines with the guest's TSC in front ("@TSC TEXT")
+    raw = (b"SeaBIOS (version x)\nBooting from ROM...\n" + mark + b"kallsyms-begin\n"
            b"ffffffff83079e46 T start_kernel\n"
            b"ffffffff81000000 T _text\n"
-           b"ffffffffc0001000 t helper\t[somemod]\n"
-           b"kallsyms-end\n")
+           b"ffffffffc0001000 t helper\t[somemod]\n" + mark + b"kallsyms-end\n")
     assert symbols.parse_kallsyms_dump(raw, source="t") == (
         b"ffffffff81000000 T _text\nffffffff83079e46 T start_kernel\n"
         b"ffffffffc0001000 t helper\n")

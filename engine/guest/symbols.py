@@ -6,7 +6,8 @@ guest boots with ``nokaslr``, so the addresses in ``/proc/kallsyms`` are those
 of every boot of that kernel. :func:`capture_system_map` boots the freshly
 built guest once under TCG with ``sbtui.task=kallsyms``; the guest copies
 ``/proc/kallsyms`` to the debug console port, framed by ``kallsyms-begin`` and
-``kallsyms-end`` lines (the firmware logs to the same port before that).
+``kallsyms-end`` marks, which sbmark writes as ``@TSC kallsyms-begin`` lines
+(the firmware logs to the same port before that).
 The result is written in System.map form: ``ADDRESS TYPE NAME`` sorted by
 address, as ``nm -n`` prints it.
 """
@@ -22,8 +23,9 @@ from engine.errors import GuestBuildError, QemuError
 from engine.guest.boot import DemoBoot
 
 PLACEHOLDER_TEXT = b"The real System.map is in"
-BEGIN = b"kallsyms-begin\n"
-END = b"kallsyms-end\n"
+# The frame lines: sbmark prefixes its text with the guest's TSC ("@<16 hex> ").
+BEGIN = re.compile(rb"^(?:@[0-9a-f]{16} )?kallsyms-begin\n", re.MULTILINE)
+END = re.compile(rb"^(?:@[0-9a-f]{16} )?kallsyms-end\n", re.MULTILINE)
 # Symbols a usable x86-64 kernel map must have.
 REQUIRED = ("_text", "start_kernel")
 _LINE = re.compile(rb"^([0-9a-f]{16}) ([A-Za-z]) (\S+)(?:\t\[\S+\])?$")
@@ -40,15 +42,16 @@ def is_placeholder(path: Path | None) -> bool:
 
 def parse_kallsyms_dump(raw: bytes, *, source: str) -> bytes:
     """System.map bytes from the debug console capture ``raw`` (see the module doc)."""
-    start = raw.find(BEGIN)
-    if start < 0:
+    begin = BEGIN.search(raw)
+    if begin is None:
         raise GuestBuildError(f"{source}: no 'kallsyms-begin' line: the guest did not start "
                               f"the symbol dump")
-    body_start = start + len(BEGIN)
-    end = raw.find(END, body_start)
-    if end < 0:
+    body_start = begin.end()
+    end_match = END.search(raw, body_start)
+    if end_match is None:
         raise GuestBuildError(f"{source}: no 'kallsyms-end' line after offset {body_start}: "
                               f"the symbol dump was cut short")
+    end = end_match.start()
     entries: list[tuple[int, int, bytes]] = []
     offset = body_start
     for i, line in enumerate(raw[body_start:end].splitlines()):
