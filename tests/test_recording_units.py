@@ -288,6 +288,7 @@ def test_replay_log_scan_adds_up_instructions_over_every_event_kind(tmp_path):
     path.write_bytes(_log(bytes(ev)))
     s = rl.scan(path)
     assert s.instructions == 1234 and s.complete and s.shutdown == "guest-shutdown"
+    assert s.checkpoints == 1
     # Still being written: no version word, a torn last event.
     path.write_bytes(_log(bytes(ev[:-2]) + bytes([rl.EVENT_INSTRUCTION, 0]), finalized=False))
     s = rl.scan(path)

@@ -66,6 +66,7 @@ SHUTDOWN_CAUSES = ("none", "host-error", "host-qmp-quit", "host-qmp-system-reset
 class LogScan:
     instructions: int          # instructions recorded up to the last complete event
     events: int
+    checkpoints: int           # CHECKPOINT events: a turn of QEMU's loops each (clock warps)
     complete: bool             # EVENT_END seen and the version word written
     finalized: bool            # the version word is there (QEMU exited normally)
     shutdown: str | None       # the first shutdown cause recorded, if any
@@ -91,7 +92,7 @@ def scan(path: str | os.PathLike) -> LogScan:
                              f"{VERSION:#x} (QEMU 10)")
     pos = HEADER
     end = len(data)
-    instructions = events = 0
+    instructions = events = checkpoints = 0
     shutdown = None
     ended = False
     u32 = struct.Struct(">I").unpack_from
@@ -110,8 +111,9 @@ def scan(path: str | os.PathLike) -> LogScan:
                 n = u32(data, pos)[0]
                 pos += 4
                 instructions += n
-            elif kind in (EVENT_INTERRUPT, EVENT_EXCEPTION) or \
-                    EVENT_CHECKPOINT <= kind <= EVENT_CHECKPOINT_LAST:
+            elif EVENT_CHECKPOINT <= kind <= EVENT_CHECKPOINT_LAST:
+                checkpoints += 1
+            elif kind in (EVENT_INTERRUPT, EVENT_EXCEPTION):
                 pass
             elif EVENT_SHUTDOWN <= kind <= EVENT_SHUTDOWN_LAST:
                 if shutdown is None:
@@ -170,5 +172,5 @@ def scan(path: str | os.PathLike) -> LogScan:
             events += 1
     except _Truncated:
         pos = start   # a torn last event: everything before it counts
-    return LogScan(instructions=instructions, events=events, complete=ended and version == VERSION,
+    return LogScan(instructions=instructions, events=events, checkpoints=checkpoints, complete=ended and version == VERSION,
                    finalized=version == VERSION, shutdown=shutdown, bytes_scanned=pos)
