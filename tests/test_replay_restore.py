@@ -232,6 +232,58 @@ def _feed_threads() -> list[threading.Thread]:
 
 
 @pytest.mark.qemu
+async def test_qemu_writes_no_guest_ram_before_a_stream_loads(rec):
+    """The restore writes the RAM file while QEMU starts (session module doc):
+    QEMU 10 must leave a file-backed RAM alone from its start until a stream
+    loads. A replay QEMU on a RAM file full of 0xA5 changes none of it."""
+    import tempfile
+    from engine.qemu import QemuProcess
+    work = Path(tempfile.mkdtemp(prefix="sbtui-test-ram-", dir=vmstate.scratch_base()))
+    try:
+        ram = work / "ram"
+        mib = rec.machine_spec().memory_mib
+        chunk = b"\xa5" * (1 << 20)
+        with open(ram, "wb") as f:
+            for _ in range(mib):
+                f.write(chunk)
+        spec = rec.machine_spec().with_rr("replay").replace(
+            rrfile=str(rec.replay_log(work)), incoming_defer=True, paused=True,
+            debugcon_path=str(work / "debugcon.out")).with_memory_file(ram)
+        with tagged_qemus():
+            async with QemuProcess(spec, workdir=work / "qemu") as vm:
+                assert (await vm.qmp("query-status"))["status"] == "inmigrate"
+                with open(ram, "rb") as f:
+                    for i in range(mib):
+                        assert f.read(1 << 20) == chunk, f"QEMU wrote into guest RAM MiB {i}"
+    finally:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.qemu
+async def test_a_restore_from_the_store_puts_guest_ram_in_its_file(rec):
+    """The checkpoint's RAM pages reach QEMU through the RAM file, not the pipe."""
+    cp = rec.checkpoints()[2]
+    pm = rec.store.page_map(cp.store_id)
+    with tagged_qemus():
+        async with ReplaySession(rec, cp) as rs:
+            assert await rs.icount() == cp.icount
+            ram = (rs.workdir / "ram").read_bytes()
+    assert len(ram) == rec.machine_spec().memory_mib << 20
+    data = zero = 0
+    for p in range(len(ram) // 4096):
+        e = pm.get("pc.ram", p)
+        got = ram[p * 4096:(p + 1) * 4096]
+        if e is None:
+            assert got == bytes(4096), p
+            zero += 1
+        else:
+            assert got == rec.store.read_page(e), p
+            data += 1
+    assert data > 1000 and zero > 1000, (data, zero)
+
+
+@pytest.mark.qemu
 @pytest.mark.gdb
 async def test_restore_with_gdb_started_beside_it_attaches_and_snapshots_work(rec):
     from engine.debugger import _free_port

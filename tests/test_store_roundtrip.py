@@ -5,6 +5,7 @@ dirty pages, chains and keyframes, failed imports, concurrent readers."""
 from __future__ import annotations
 
 import io
+import os
 import threading
 
 import pytest
@@ -64,6 +65,45 @@ def test_page_sent_twice_keeps_the_superseded_record(store):
     pm = store.page_map(info.id)
     assert pm.get("pc.ram", 1) is None                         # last record of page 1: zero
     assert pm.get("pc.ram", 2) == xxhash.xxh3_128_digest(page("c"))
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_a_diverted_ram_block_goes_into_its_file_and_the_rest_into_the_stream(store, tmp_path,
+                                                                             parts):
+    """Restoring into RAM held in a file (replay): the block's pages land in
+    the file as the stream's last records say (page 1: data twice, then
+    ZERO; page 2: ZERO, then data); the stream keeps every other record; the
+    whole-stream check still covers the diverted bytes."""
+    from engine.stream.migration import RamFile, iter_ram_pages
+    records = [("pc.ram", 0, page("a")), ("pc.ram", PAGE, page("b1")), ("pc.ram", 2 * PAGE, None),
+               ("vga.vram", 0, page("v")), ("pc.ram", PAGE, page("b2")),
+               ("pc.ram", 2 * PAGE, page("c")), ("vga.vram", PAGE, None), ("pc.ram", PAGE, None),
+               ("pc.ram", 5 * PAGE, page("f"))]
+    s = build_stream([("pc.ram", 8 * PAGE), ("vga.vram", 2 * PAGE)], records, parts=parts)
+    cid = store.import_stream(io.BytesIO(s), name="divert").id
+    path = tmp_path / "ram"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, 8 * PAGE)
+        out = io.BytesIO()
+        n = store.export_stream(cid, out, ram=RamFile("pc.ram", fd, 8 * PAGE))
+    finally:
+        os.close(fd)
+    assert n == len(s) > len(out.getvalue())     # the length of the whole stream
+    ram = path.read_bytes()
+    want = {0: page("a"), 2: page("c"), 5: page("f")}
+    for p in range(8):
+        assert ram[p * PAGE:(p + 1) * PAGE] == want.get(p, bytes(PAGE)), p
+    kept = list(iter_ram_pages(io.BytesIO(out.getvalue())))
+    assert kept == [("vga.vram", 0, page("v")), ("vga.vram", PAGE, None)]
+    # a file too small for the block is refused, naming it
+    fd = os.open(tmp_path / "small", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, 2 * PAGE)
+        with pytest.raises(StreamError, match="pc.ram.*beyond its file of 8192 bytes"):
+            store.export_stream(cid, io.BytesIO(), ram=RamFile("pc.ram", fd, 2 * PAGE))
+    finally:
+        os.close(fd)
 
 
 def test_dedup_and_zero_counts_match_a_stream_with_known_duplicates(store):

@@ -453,7 +453,7 @@ async def _run(job: IntervalJob, guest: dict[str, bytes], name: str, base: Path)
         if analysis.needs_memory_file:
             memory_path = work / "ram"
             spec = rec.machine_spec()
-            rec.manifest.spec = _with_memory_file(spec, memory_path).to_dict()
+            rec.manifest.spec = spec.with_memory_file(memory_path).to_dict()
             _relativize(rec.manifest.spec, rec)
         result.timings["setup_s"] = time.monotonic() - t0
 
@@ -535,17 +535,6 @@ def _materialize(job: IntervalJob, guest: dict[str, bytes], work: Path) -> Recor
     rec.save_manifest()
     rec.append_checkpoint(CheckpointEntry.from_json(job.checkpoint))
     return rec
-
-
-def _with_memory_file(spec, path: Path):
-    """The machine with its RAM in a shared file: same block name (``pc.ram``,
-    the id of the default RAM backend), so the recorded state loads into it."""
-    if "," in str(path):
-        raise ReplayError(f"the RAM file path {path} must not contain a comma")
-    backend = (f"memory-backend-file,id=pc.ram,size={spec.memory_mib}M,"
-               f"mem-path={path},share=on,prealloc=off")
-    return spec.replace(extra_args=(*spec.extra_args, "-object", backend,
-                                    "-machine", "memory-backend=pc.ram"))
 
 
 def _relativize(spec: dict, rec: Recording) -> None:

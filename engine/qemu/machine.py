@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from engine.errors import UsageError
@@ -38,6 +39,8 @@ VMSTATE_NODE = "vmstate"
 ACCELS = ("tcg", "kvm")
 RR_MODES = ("record", "replay")
 SPEC_FORMAT = 1
+# The name of guest RAM's block in migration streams (the default backend's id).
+RAM_BLOCK = "pc.ram"
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,18 @@ class MachineSpec:
     def with_rr(self, mode: str | None) -> "MachineSpec":
         """The same machine in another record/replay mode (only ``rr`` changes)."""
         return dataclasses.replace(self, rr=mode)
+
+    def with_memory_file(self, path: str | Path) -> "MachineSpec":
+        """The same machine with its RAM in the shared file ``path``
+        (``memory-backend-file``, ``share=on``): the block keeps its name
+        (``pc.ram``, the id of the default RAM backend), so recorded states
+        load into it, and this process can read or write guest RAM there."""
+        if "," in str(path):
+            raise UsageError(f"the RAM file path {path} must not contain a comma")
+        backend = (f"memory-backend-file,id={RAM_BLOCK},size={self.memory_mib}M,"
+                   f"mem-path={path},share=on,prealloc=off")
+        return dataclasses.replace(self, extra_args=(*self.extra_args, "-object", backend,
+                                                     "-machine", f"memory-backend={RAM_BLOCK}"))
 
     # -- command line -----------------------------------------------------
 

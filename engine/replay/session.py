@@ -38,7 +38,14 @@ place, read-only (QEMU opens it ``rb``); the default work directory is on
 tmpfs; the stream is produced from the start of :meth:`start` into a
 bounded buffer (:class:`~engine.qemu.incoming.Prefetch`), so the export
 overlaps making the files and starting QEMU; the wait for the loaded state is
-event-driven (:func:`~engine.qemu.incoming.load_stream`). The VM-state image is activated
+event-driven (:func:`~engine.qemu.incoming.load_stream`). Guest RAM does not
+go through the pipe: when the state comes from the store and the work
+directory is on tmpfs, the machine's RAM is a shared file there
+(``memory-backend-file``) and the export writes the RAM pages into it
+(:class:`~engine.stream.migration.RamFile`) while QEMU starts; QEMU then
+loads only device state and the small blocks (firmware, ROMs), and leaves
+RAM as the file has it (QEMU writes no guest RAM before a stream loads:
+tests/test_replay_restore.py). The VM-state image is activated
 (``blockdev-set-active``) only when a snapshot is taken: an active qcow2
 makes the flush QEMU does when gdb attaches (``vm_stop``) cost an fdatasync,
 40-140 ms on this machine's disk, on every attach.
@@ -59,9 +66,11 @@ from typing import BinaryIO, Callable
 from engine.errors import QemuError, QemuTimeoutError, ReplayError, SbtuiError
 from engine.paths import remove_orphaned_dirs
 from engine.qemu import QemuProcess, find_qemu, qemu_version
+from engine.qemu.machine import RAM_BLOCK
 from engine.qemu.incoming import Prefetch, load_stream
 from engine.recording.format import CheckpointEntry, Recording
 from engine.qemu.vmstate import scratch_base, vmstate_image
+from engine.stream.migration import RamFile
 from engine.stream.qcow2 import open_vmstate
 
 log = logging.getLogger(__name__)
@@ -76,6 +85,7 @@ Progress = Callable[[str], None]
 
 
 WORKDIR_PREFIX = "sbtui-replay-"
+RAM_FILE = "ram"
 
 
 def make_vmstate_image(path: Path) -> Path:
@@ -115,6 +125,7 @@ class ReplaySession:
         self.restore_s: float | None = None
         self.timings: dict[str, float] = {}
         self._prefetch: Prefetch | None = None
+        self._ram: RamFile | None = None
         self._snapshots = 0
 
     # -- lifetime ---------------------------------------------------------
@@ -140,6 +151,7 @@ class ReplaySession:
             log_path, vmstate = await _gather_threads(
                 lambda: self.rec.replay_log(self.workdir),
                 lambda: make_vmstate_image(self.workdir / "vmstate.qcow2"))
+            self._ram = self._ram_file()
             self._phase("replay log and VM-state image", t0)
             # The stream is produced from now on, while QEMU starts;
             # load_stream drains what is ready, then the rest. (Started after
@@ -148,6 +160,8 @@ class ReplaySession:
             spec = self.rec.machine_spec().with_rr("replay").replace(
                 rrfile=str(log_path), vmstate_image=str(vmstate), incoming_defer=True,
                 paused=True, debugcon_path=str(self.workdir / "debugcon.out"), gdb=self.gdb)
+            if self._ram is not None:
+                spec = spec.with_memory_file(self.workdir / RAM_FILE)
             self.vm = QemuProcess(spec, workdir=self.workdir / "qemu",
                                   console_path=self.workdir / "console.out", qemu_binary=binary)
             self._progress(f"starting replay QEMU for {self._what()}")
@@ -173,6 +187,24 @@ class ReplaySession:
             raise ReplayError(f"{self._what()} restored at icount {here}, "
                               f"but it was taken at {self.start_icount}")
 
+    def _ram_file(self) -> RamFile | None:
+        """The file for guest RAM, when the state's RAM pages go there (module doc)."""
+        base = scratch_base()
+        spec = self.rec.machine_spec()
+        if (self.source is not None or base is None or self.workdir is None
+                or not self.workdir.is_relative_to(base)
+                or any("memory-backend" in a for a in spec.extra_args)):
+            return None
+        fd = os.open(self.workdir / RAM_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     0o600)
+        try:
+            size = spec.memory_mib << 20
+            os.ftruncate(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return RamFile(RAM_BLOCK, fd, size)
+
     def _make_workdir(self) -> Path:
         if self._workdir_arg is not None:
             self._workdir_arg.mkdir(parents=True, exist_ok=True)
@@ -196,7 +228,7 @@ class ReplaySession:
         if self.source is not None:
             self.source(dst)
         else:
-            self.rec.store.export_stream(self.checkpoint.store_id, dst)
+            self.rec.store.export_stream(self.checkpoint.store_id, dst, ram=self._ram)
 
     async def _load_checkpoint(self) -> None:
         assert self._prefetch is not None
@@ -221,6 +253,9 @@ class ReplaySession:
                 if prefetch is not None:
                     await asyncio.to_thread(prefetch.cancel)
             finally:
+                ram, self._ram = self._ram, None
+                if ram is not None:
+                    os.close(ram.fd)
                 if self.workdir is not None and self._workdir_arg is None:
                     shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -247,6 +247,11 @@ class _HashingWriter:
     def flush(self) -> None:
         self._dst.flush()
 
+    def hide(self, data) -> None:
+        """Bytes of the stream that go elsewhere (a diverted RAM block): hashed, not written."""
+        self._hash.update(data)
+        self.count += len(data)
+
     def digest(self) -> bytes:
         return self._hash.digest()
 
@@ -586,14 +591,20 @@ class Store:
 
     # -- export ----------------------------------------------------------------
 
-    def export_stream(self, checkpoint_id: str, dst: BinaryIO) -> int:
-        """Write the checkpoint's migration stream, byte-identical to the one imported."""
+    def export_stream(self, checkpoint_id: str, dst: BinaryIO, *, ram=None) -> int:
+        """Write the checkpoint's migration stream, byte-identical to the one imported.
+
+        ``ram`` (a :class:`engine.stream.migration.RamFile`) takes the page
+        records of its RAM block instead of ``dst``: they go into its file;
+        the check against the imported stream's length and hash covers them."""
         m = self._manifest(checkpoint_id)
         pm = self.page_map(checkpoint_id)
         source = _ExportSource(self, m.id, pm, mf.read_superseded(m))
         skeleton = mf.read_skeleton(m)
         out = _HashingWriter(dst)
-        if _takes_check_hash(self.codec):
+        if ram is not None:
+            self.codec.assemble_stream(skeleton, source, out, check_hash=False, divert=ram)
+        elif _takes_check_hash(self.codec):
             # this end-to-end check (xxh3-128) makes the codec's own hash redundant
             self.codec.assemble_stream(skeleton, source, out, check_hash=False)
         else:

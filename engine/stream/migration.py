@@ -73,6 +73,7 @@ says otherwise.
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 import threading
@@ -975,8 +976,56 @@ def _load_skeleton(skeleton: bytes) -> dict:
     return body
 
 
+class RamFile:
+    """Where a diverted RAM block's pages go: the file QEMU maps as that block
+    (``memory-backend-file``, ``share=on``), ``size`` bytes, zero-filled when
+    created. Writes follow stream order, so a page the stream sends twice
+    ends as its last record says (a later ZERO record clears it)."""
+
+    def __init__(self, block: str, fd: int, size: int):
+        self.block = block
+        self.fd = fd
+        self.size = size
+        self._written = bytearray(size >> 12)   # pages written so far
+
+    def _check(self, addr: int, n: int) -> None:
+        if addr < 0 or addr + n > self.size:
+            raise StreamError(f"RAM block {self.block!r}: a record at {addr:#x} lies beyond "
+                              f"its file of {self.size} bytes")
+
+    def pages(self, addr: int, pages) -> None:
+        n = len(pages) * PAGE_SIZE
+        self._check(addr, n)
+        os.pwrite(self.fd, pages[0] if len(pages) == 1 else b"".join(pages), addr)
+        p = addr >> 12
+        self._written[p:p + len(pages)] = b"\x01" * len(pages)
+
+    def zero(self, addr: int, count: int) -> None:
+        self._check(addr, count * PAGE_SIZE)
+        p = addr >> 12
+        if any(self._written[p:p + count]):     # rare: data first, then ZERO
+            os.pwrite(self.fd, bytes(count * PAGE_SIZE), addr)
+            self._written[p:p + count] = bytes(count)
+
+
+def _diverting(run_source, ram: RamFile):
+    """``run_source`` that also writes what it answers into ``ram``."""
+    def runs(index: int, name: str, addr: int, want: int):
+        for piece in run_source(index, name, addr, want):
+            if piece.__class__ is int:
+                if piece > 0:
+                    ram.zero(addr, piece)
+                    addr += piece * PAGE_SIZE
+            else:
+                pages = piece if piece.__class__ is list else (piece,)
+                ram.pages(addr, pages)
+                addr += len(pages) * PAGE_SIZE
+            yield piece
+    return runs
+
+
 def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO, *,
-                    check_hash: bool = True) -> int:
+                    check_hash: bool = True, divert: RamFile | None = None) -> int:
     """Write the stream described by ``skeleton`` to ``dst``; returns the bytes written.
 
     ``page_source(index, block, offset)`` is called once per page record in
@@ -990,6 +1039,14 @@ def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO, *,
     ``check_hash=False`` leaves out the hash (not the length) for a caller
     that checks the bytes written with a hash of its own (the store does,
     with xxh3-128): one pass over the stream less.
+
+    ``divert`` (needs a run source) writes the page records of its block into
+    its file instead of ``dst``: a stream that QEMU loads into a machine
+    whose RAM is that file already (QEMU leaves a page the stream does not
+    send as it is). The records are still built and checked; ``dst`` must
+    then have a ``hide(data)`` method, which gets their bytes in stream
+    order, for a caller that hashes the whole stream. Returns the length of
+    the whole stream either way.
     """
     body = _load_skeleton(skeleton)
     blocks = [(str(name), int(length)) for name, length in body["blocks"]]
@@ -1016,6 +1073,26 @@ def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO, *,
             emit(out)
             out.clear()
 
+    hidden = bytearray()
+    diverted = None
+    if divert is not None:
+        if run_source is None:
+            raise StreamError("diverting a RAM block to a file needs a run source")
+        diverted = _diverting(run_source, divert)
+        hide = dst.hide     # type: ignore[attr-defined]
+
+        def emit_hidden(data) -> None:
+            nonlocal total
+            hide(data)
+            if hasher is not None:
+                hasher.update(data)
+            total += len(data)
+
+        def flush_hidden() -> None:
+            if hidden:
+                emit_hidden(hidden)
+                hidden.clear()
+
     for item in body["items"]:
         if isinstance(item, bytes):
             out += item
@@ -1028,6 +1105,13 @@ def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO, *,
             name_bytes = name.encode("latin-1")
             counted = bytes([len(name_bytes)]) + name_bytes
             addr = page << 12
+            if diverted is not None and name == divert.block:
+                flush()     # what came before, in order
+                index = _assemble_run(diverted, name, counted if named else None, index,
+                                      addr, count, hidden, flush_hidden, emit_hidden, fills,
+                                      fill_at)
+                flush_hidden()
+                continue
             if run_source is not None:
                 index = _assemble_run(run_source, name, counted if named else None, index,
                                       addr, count, out, flush, emit, fills, fill_at)
