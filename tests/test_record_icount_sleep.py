@@ -1,8 +1,8 @@
 """``sbtui record --icount-sleep off`` end to end on the demo guest (real QEMU).
 
 With ``sleep=off`` an idle vCPU jumps to its next timer instead of waiting in
-real time, so QEMU logs no clock-warp checkpoint per main-loop turn while the
-guest idles (the demo guest's boot has such a stretch: millions of them). What
+real time, and QEMU logs no clock-warp checkpoint when the vCPU leaves its
+execution loop (a guest busy-wait logged millions of them). What
 must hold: the option reaches the manifest and both command lines, every
 checkpoint is proven by the recorder's own replays, a replay from checkpoint 0
 reproduces the whole console byte for byte, and the log holds no warp storm.
@@ -68,7 +68,9 @@ def test_record_with_icount_sleep_off_proves_every_checkpoint_and_replays_the_co
         assert summary["status"] == "complete"
         proofs = summary["proofs"]
         assert proofs["failed"] == 0 and proofs["unproven"] == 0, proofs
-        assert proofs["verified"] + proofs["rebuilt"] == summary["checkpoints"] >= 2
+        # a rebuilt checkpoint is proven too, and counts in both (a CI-like run had one)
+        assert proofs["verified"] == summary["checkpoints"] >= 2, proofs
+        assert proofs["rebuilt"] <= summary["checkpoints"]
 
         rec = Recording.open(rec_path)
         assert rec.manifest.spec["icount_sleep"] is False

@@ -61,10 +61,10 @@ class MachineSpec:
     icount_shift: int | None = None
     # sleep=off: an idle vCPU jumps the virtual clock to the next timer at once
     # instead of waiting in real time. Guest time then no longer follows wall
-    # time, but QEMU logs no clock-warp checkpoint per main-loop turn while the
-    # guest idles: millions of them in an idle stretch of the demo guest's boot,
-    # which replay hands between threads one by one (0.35 of recording speed
-    # over a whole recording with sleep on, 0.96 with it off; README).
+    # time, but QEMU logs no clock-warp checkpoint when the vCPU leaves its
+    # execution loop, which a guest busy-wait does every ~10 instructions
+    # (PAUSE) and replay pays ~4 us for (the demo guest boots without its two
+    # busy-waits, so this matters for other guests; README).
     icount_sleep: bool = True
     rr: str | None = None           # "record", "replay" or None
     rrfile: str | None = None

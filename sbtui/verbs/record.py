@@ -58,8 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="-icount shift (guest ns per instruction = 2**N; default 2)")
     p.add_argument("--icount-sleep", choices=("on", "off"), default="on",
                    help="off: an idle guest skips to its next timer at once instead of waiting "
-                        "in real time (guest time no longer follows wall time; replay of idle "
-                        "stretches, e.g. the demo guest's boot, about 3x faster); default on")
+                        "in real time (guest time no longer follows wall time; no clock-warp "
+                        "checkpoints, which make guest busy-waits slow to replay); default on")
     p.add_argument("--headless", action="store_true",
                    help="no UI: progress on stderr, one line per checkpoint")
     p.add_argument("--json", action="store_true", help="print a summary object on stdout at the end")
