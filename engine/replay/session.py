@@ -40,7 +40,7 @@ bounded buffer (:class:`~engine.qemu.incoming.Prefetch`), so the export
 overlaps making the files and starting QEMU; the wait for the loaded state is
 event-driven (:func:`~engine.qemu.incoming.load_stream`). Guest RAM does not
 go through the pipe: when the state comes from the store and the work
-directory is on tmpfs, the machine's RAM is a shared file there
+directory is on a tmpfs with room for all of guest RAM, the machine's RAM is a shared file there
 (``memory-backend-file``) and the export writes the RAM pages into it
 (:class:`~engine.stream.migration.RamFile`) while QEMU starts; QEMU then
 loads only device state and the small blocks (firmware, ROMs), and leaves
@@ -86,6 +86,8 @@ Progress = Callable[[str], None]
 
 WORKDIR_PREFIX = "sbtui-replay-"
 RAM_FILE = "ram"
+# Free tmpfs beyond the guest's RAM size that a RAM file needs (else the pipe).
+RAM_FILE_SPARE = 256 << 20
 
 
 def make_vmstate_image(path: Path) -> Path:
@@ -195,10 +197,14 @@ class ReplaySession:
                 or not self.workdir.is_relative_to(base)
                 or any("memory-backend" in a for a in spec.extra_args)):
             return None
+        size = spec.memory_mib << 20
+        st = os.statvfs(base)
+        if st.f_bavail * st.f_frsize < size + RAM_FILE_SPARE:
+            # a guest touching a page the full tmpfs cannot hold would die of SIGBUS
+            return None
         fd = os.open(self.workdir / RAM_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                      0o600)
         try:
-            size = spec.memory_mib << 20
             os.ftruncate(fd, size)
         except BaseException:
             os.close(fd)
