@@ -172,5 +172,5 @@ def scan(path: str | os.PathLike) -> LogScan:
             events += 1
     except _Truncated:
         pos = start   # a torn last event: everything before it counts
-    return LogScan(instructions=instructions, events=events, checkpoints=checkpoints, complete=ended and version == VERSION,
-                   finalized=version == VERSION, shutdown=shutdown, bytes_scanned=pos)
+    return LogScan(instructions=instructions, events=events, checkpoints=checkpoints,
+                   complete=ended and version == VERSION, finalized=version == VERSION, shutdown=shutdown, bytes_scanned=pos)

@@ -66,7 +66,7 @@ from typing import BinaryIO, Callable
 from engine.errors import QemuError, QemuTimeoutError, ReplayError, SbtuiError
 from engine.paths import remove_orphaned_dirs
 from engine.qemu import QemuProcess, find_qemu, qemu_version
-from engine.qemu.machine import RAM_BLOCK
+from engine.qemu.machine import RAM_BLOCK, MachineSpec
 from engine.qemu.incoming import Prefetch, load_stream
 from engine.recording.format import CheckpointEntry, Recording
 from engine.qemu.vmstate import scratch_base, vmstate_image
@@ -153,13 +153,14 @@ class ReplaySession:
             log_path, vmstate = await _gather_threads(
                 lambda: self.rec.replay_log(self.workdir),
                 lambda: make_vmstate_image(self.workdir / "vmstate.qcow2"))
-            self._ram = self._ram_file()
+            recorded = self.rec.machine_spec()
+            self._ram = self._ram_file(recorded)
             self._phase("replay log and VM-state image", t0)
             # The stream is produced from now on, while QEMU starts;
             # load_stream drains what is ready, then the rest. (Started after
             # the files: its Python work would hold up theirs for the GIL.)
             self._prefetch = Prefetch(self._feed)
-            spec = self.rec.machine_spec().with_rr("replay").replace(
+            spec = recorded.with_rr("replay").replace(
                 rrfile=str(log_path), vmstate_image=str(vmstate), incoming_defer=True,
                 paused=True, debugcon_path=str(self.workdir / "debugcon.out"), gdb=self.gdb)
             if self._ram is not None:
@@ -189,10 +190,10 @@ class ReplaySession:
             raise ReplayError(f"{self._what()} restored at icount {here}, "
                               f"but it was taken at {self.start_icount}")
 
-    def _ram_file(self) -> RamFile | None:
-        """The file for guest RAM, when the state's RAM pages go there (module doc)."""
+    def _ram_file(self, spec: MachineSpec) -> RamFile | None:
+        """The file for guest RAM of the machine ``spec``, when the state's RAM
+        pages go there (module doc)."""
         base = scratch_base()
-        spec = self.rec.machine_spec()
         if (self.source is not None or base is None or self.workdir is None
                 or not self.workdir.is_relative_to(base)
                 or any("memory-backend" in a for a in spec.extra_args)):

@@ -238,11 +238,9 @@ class _HashingWriter:
         return True
 
     def write(self, data) -> int:
-        self._hash.update(data)
-        n = len(data)
-        self.count += n
+        self.hide(data)
         self._dst.write(data)
-        return n
+        return len(data)
 
     def flush(self) -> None:
         self._dst.flush()

@@ -1061,37 +1061,29 @@ def assemble_stream(skeleton: bytes, page_source: PageSource, dst: BinaryIO, *,
     page_hdr = FLAG_PAGE
     zero_hdr = FLAG_ZERO
 
-    def emit(data) -> None:
-        nonlocal total
-        dst.write(data)
-        if hasher is not None:
-            hasher.update(data)
-        total += len(data)
+    def emitter(write, buf: bytearray):
+        """(emit, flush) that send bytes to ``write``, counted and hashed."""
+        def emit(data) -> None:
+            nonlocal total
+            write(data)
+            if hasher is not None:
+                hasher.update(data)
+            total += len(data)
 
-    def flush() -> None:
-        if out:
-            emit(out)
-            out.clear()
+        def flush() -> None:
+            if buf:
+                emit(buf)
+                buf.clear()
+        return emit, flush
 
+    emit, flush = emitter(dst.write, out)
     hidden = bytearray()
     diverted = None
     if divert is not None:
         if run_source is None:
             raise StreamError("diverting a RAM block to a file needs a run source")
         diverted = _diverting(run_source, divert)
-        hide = dst.hide     # type: ignore[attr-defined]
-
-        def emit_hidden(data) -> None:
-            nonlocal total
-            hide(data)
-            if hasher is not None:
-                hasher.update(data)
-            total += len(data)
-
-        def flush_hidden() -> None:
-            if hidden:
-                emit_hidden(hidden)
-                hidden.clear()
+        emit_hidden, flush_hidden = emitter(dst.hide, hidden)   # type: ignore[attr-defined]
 
     for item in body["items"]:
         if isinstance(item, bytes):
